@@ -1,0 +1,291 @@
+"""Attention blocks that sit inside residual blocks, behind one interface.
+
+Every block maps ``[N, C, H, W] -> [N, C, H, W]``. Which block is used, and how,
+is described by an :class:`AttentionSpec` (built from the ``attention`` config
+group); the backbones call ``spec.build(channels)`` once per residual block and
+store the result as the submodule ``deattn`` (the official PSA naming).
+
+Blocks:
+
+* :class:`PolarizedSelfAttention` (PSA, Liu et al. 2021), layouts ``parallel``
+  and ``sequential``, variants ``paper`` and ``official``;
+* :class:`SqueezeExcitation` (Hu et al. 2018) and :class:`GlobalContext`
+  (Cao et al. 2019), the channel-attention peers of the paper's Table 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "PSA_LAYOUTS",
+    "PSA_VARIANTS",
+    "AttentionSpec",
+    "GlobalContext",
+    "PolarizedSelfAttention",
+    "SqueezeExcitation",
+    "as_attention_spec",
+]
+
+ATTENTION_KINDS = ("none", "psa", "se", "gc")
+PSA_LAYOUTS = ("parallel", "sequential")
+PSA_VARIANTS = ("official", "paper")
+
+
+class PolarizedSelfAttention(nn.Module):
+    r"""Polarized Self-Attention block.
+
+    Two branches each keep full resolution along one axis and collapse the other:
+
+    * channel-only attention ``A_ch(X)`` in ``R^{C x 1 x 1}``;
+    * spatial-only attention ``A_sp(X)`` in ``R^{1 x H x W}``.
+
+    Layouts: ``parallel`` gives ``Z = A_ch(X) * X + A_sp(X) * X``; ``sequential``
+    gives ``Y = A_ch(X) * X`` then ``Z = A_sp(Y) * Y``.
+
+    **Variant ``paper``** follows the paper's equations (3) and (4) exactly
+    (all 1x1 convolutions without bias, internal width ``C/2``)::
+
+        A_ch(X) = sigmoid(LayerNorm_C(W_z(W_v(X) @ softmax_HW(W_q(X)))))
+        A_sp(X) = sigmoid(softmax_{C/2}(GlobalAvgPool(W_q'(X))) @ W_v'(X))
+
+    **Variant ``official``** is numerically identical to ``PSA_p`` (parallel) and
+    ``PSA_s`` (sequential) in DeLightCMU/PSA ``semantic-segmentation/network/PSA.py``
+    and uses its parameter names, so its tensors load directly. That code differs
+    from the paper in these ways:
+
+    1. *Branch names are swapped.* Its ``spatial_pool`` computes the
+       channel-only attention and its ``channel_pool`` the spatial-only one.
+       Parameters keep the official names in both variants:
+       ``conv_q_right`` = W_q (C->1) and ``conv_v_right`` = W_v (C->C/2) of the
+       channel branch, ``conv_up`` = W_z (C/2->C), ``conv_q_left`` = W_q' and
+       ``conv_v_left`` = W_v' (both C->C/2) of the spatial branch.
+    2. *No LayerNorm in PSA_p.* The channel branch of ``PSA_p`` is
+       ``sigmoid(W_z(...))`` with no normalisation.
+    3. *A bottleneck in PSA_s.* ``PSA_s`` replaces W_z by
+       ``Conv(C/2->C/8, bias) -> LayerNorm(C/8) -> ReLU -> Conv(C/8->C, bias)``,
+       a Global-Context-style transform, so it has fewer parameters than ``PSA_p``.
+    4. *Softmax placement in the spatial branch.* The paper applies softmax over
+       the ``C/2`` channels of the pooled query. ``PSA_p`` applies no softmax to
+       the query and instead a softmax over ``H*W`` to the product, before the
+       sigmoid; ``PSA_s`` applies a softmax over ``H*W`` to every channel of the
+       value ``W_v'(X)`` before the product, and none after it.
+    5. *Initialisation.* ``reset_parameters`` draws the four query/value
+       convolutions from Kaiming-normal (fan-in) as the official code does, and
+       leaves ``conv_up`` at PyTorch's default. (The pose backbones then re-draw
+       every convolution from N(0, 0.001) as the official HRNet recipe does,
+       which makes a parallel block start close to the identity.)
+
+    The internal width is ``channels // 2`` as in the official code.
+    """
+
+    def __init__(self, channels: int, layout: str = "parallel", variant: str = "official") -> None:
+        super().__init__()
+        _check_choice("layout", layout, PSA_LAYOUTS)
+        _check_choice("variant", variant, PSA_VARIANTS)
+        if channels < 2:
+            raise ValueError(f"PolarizedSelfAttention needs at least 2 channels, got {channels}")
+        self.channels = channels
+        self.layout = layout
+        self.variant = variant
+        inter = channels // 2
+        self.inter_channels = inter
+
+        # Channel-only branch (the official code's "right"/"spatial_pool" branch).
+        self.conv_q_right = nn.Conv2d(channels, 1, kernel_size=1, bias=False)
+        self.conv_v_right = nn.Conv2d(channels, inter, kernel_size=1, bias=False)
+        if variant == "paper":
+            self.conv_up = nn.Sequential(
+                nn.Conv2d(inter, channels, kernel_size=1, bias=False),
+                nn.LayerNorm([channels, 1, 1]),
+            )
+        elif layout == "parallel":
+            self.conv_up = nn.Conv2d(inter, channels, kernel_size=1, bias=False)
+        else:
+            hidden = inter // 4
+            if hidden < 1:
+                raise ValueError(
+                    f"official sequential PSA needs at least 8 channels for its C/8 bottleneck, got {channels}"
+                )
+            self.conv_up = nn.Sequential(
+                nn.Conv2d(inter, hidden, kernel_size=1),
+                nn.LayerNorm([hidden, 1, 1]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, channels, kernel_size=1),
+            )
+        # Spatial-only branch (the official code's "left"/"channel_pool" branch).
+        self.conv_q_left = nn.Conv2d(channels, inter, kernel_size=1, bias=False)
+        self.conv_v_left = nn.Conv2d(channels, inter, kernel_size=1, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in (self.conv_q_right, self.conv_v_right, self.conv_q_left, self.conv_v_left):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+
+    def channel_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """``A_ch(x)``: weights of shape ``[N, C, 1, 1]`` in (0, 1)."""
+        value = self.conv_v_right(x).flatten(2)  # [N, C/2, HW]
+        query = self.conv_q_right(x).flatten(2).softmax(dim=2)  # [N, 1, HW]
+        context = torch.matmul(value, query.transpose(1, 2)).unsqueeze(-1)  # [N, C/2, 1, 1]
+        return torch.sigmoid(self.conv_up(context))
+
+    def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """``A_sp(x)``: weights of shape ``[N, 1, H, W]`` in (0, 1)."""
+        n, _, h, w = x.shape
+        # [N, 1, C/2]: the globally pooled query.
+        query = F.adaptive_avg_pool2d(self.conv_q_left(x), 1).flatten(1).unsqueeze(1)
+        value = self.conv_v_left(x).flatten(2)  # [N, C/2, HW]
+        if self.variant == "paper":
+            logits = torch.matmul(query.softmax(dim=2), value)
+        elif self.layout == "parallel":
+            logits = torch.matmul(query, value).softmax(dim=2)
+        else:
+            logits = torch.matmul(query, value.softmax(dim=2))
+        return torch.sigmoid(logits).view(n, 1, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "parallel":
+            # Channel branch first, summed as spatial + channel: the reference
+            # code's order, which keeps outputs and gradients bit-identical.
+            z_channel = x * self.channel_attention(x)
+            z_spatial = x * self.spatial_attention(x)
+            return z_spatial + z_channel
+        y = x * self.channel_attention(x)
+        return y * self.spatial_attention(y)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, layout={self.layout}, variant={self.variant}"
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-Excitation channel attention: ``x * sigmoid(W2 relu(W1 avgpool(x)))``."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
+        return x * torch.sigmoid(scale)
+
+
+class GlobalContext(nn.Module):
+    """Global Context block (GCNet): softmax attention pooling, a LayerNorm
+    bottleneck transform, and additive fusion. Parameter names follow mmcv's
+    ``ContextBlock`` (``conv_mask``, ``channel_add_conv``); the last convolution
+    starts at zero so the block starts as the identity."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.conv_mask = nn.Conv2d(channels, 1, kernel_size=1)
+        self.channel_add_conv = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1),
+            nn.LayerNorm([hidden, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, kernel_size=1),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.conv_mask.bias)
+        nn.init.zeros_(self.channel_add_conv[-1].weight)
+        nn.init.zeros_(self.channel_add_conv[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.conv_mask(x).flatten(2).softmax(dim=2)  # [N, 1, HW]
+        context = torch.matmul(x.flatten(2), mask.transpose(1, 2)).unsqueeze(-1)  # [N, C, 1, 1]
+        return x + self.channel_add_conv(context)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """What attention block to put in each residual block.
+
+    Args:
+        kind: ``none``, ``psa``, ``se`` or ``gc``.
+        layout: PSA layout, ``parallel`` or ``sequential``.
+        variant: PSA variant, ``official`` (DeLightCMU/PSA code, checkpoint
+            compatible) or ``paper`` (the paper's equations).
+        reduction: channel reduction ratio of the SE and GC bottlenecks.
+    """
+
+    kind: str = "psa"
+    layout: str = "parallel"
+    variant: str = "official"
+    reduction: int = 16
+
+    def __post_init__(self) -> None:
+        _check_choice("attention.kind", self.kind, ATTENTION_KINDS)
+        _check_choice("attention.layout", self.layout, PSA_LAYOUTS)
+        _check_choice("attention.variant", self.variant, PSA_VARIANTS)
+        if not isinstance(self.reduction, int) or self.reduction < 1:
+            raise ValueError(
+                f"attention.reduction must be a positive integer, got {self.reduction!r}"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: object) -> AttentionSpec:
+        """``none``, ``psa_parallel``, ``psa_sequential``, ``se`` or ``gc``."""
+        names = {
+            "none": {"kind": "none"},
+            "psa_parallel": {"kind": "psa", "layout": "parallel"},
+            "psa_sequential": {"kind": "psa", "layout": "sequential"},
+            "se": {"kind": "se"},
+            "gc": {"kind": "gc"},
+        }
+        if name not in names:
+            raise ValueError(f"unknown attention {name!r}; choose one of {sorted(names)}")
+        return cls(**{**names[name], **overrides})
+
+    @property
+    def name(self) -> str:
+        return f"psa_{self.layout}" if self.kind == "psa" else self.kind
+
+    def build(self, channels: int) -> nn.Module | None:
+        """The block for a feature map with ``channels`` channels (``None`` for ``none``)."""
+        if self.kind == "none":
+            return None
+        if self.kind == "psa":
+            return PolarizedSelfAttention(channels, layout=self.layout, variant=self.variant)
+        if self.kind == "se":
+            return SqueezeExcitation(channels, reduction=self.reduction)
+        return GlobalContext(channels, reduction=self.reduction)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def as_attention_spec(attention: AttentionSpec | Mapping | str | None) -> AttentionSpec:
+    """Accept a spec, a mapping of its fields, a name such as ``psa_parallel``, or ``None``."""
+    if attention is None:
+        return AttentionSpec(kind="none")
+    if isinstance(attention, AttentionSpec):
+        return attention
+    if isinstance(attention, str):
+        return AttentionSpec.from_name(attention)
+    if isinstance(attention, Mapping):
+        fields = {k: v for k, v in attention.items() if k != "_target_"}
+        unknown = set(fields) - set(AttentionSpec.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown attention key(s) {sorted(unknown)}; allowed: {sorted(AttentionSpec.__dataclass_fields__)}"
+            )
+        return AttentionSpec(**fields)
+    raise TypeError(
+        f"attention must be an AttentionSpec, a mapping, a name or None, got {type(attention).__name__}"
+    )
+
+
+def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
