@@ -1,0 +1,81 @@
+"""Hydra configs: composition, validation messages, and the quick-start script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from psapose.config import ConfigError, build_model, compose_config, input_size
+from psapose.models import AttentionSpec, PoseHRNet, PoseResNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_builds_the_quickstart_psa_model() -> None:
+    cfg = compose_config()
+    model = build_model(cfg)
+    assert isinstance(model, PoseHRNet) and model.width == 16
+    assert model.attention == AttentionSpec("psa", "parallel", "official")
+    assert input_size(cfg) == (256, 192)
+
+
+def test_groups_and_keys_switch_from_the_command_line() -> None:
+    cfg = compose_config(["model=resnet101", "attention=psa_sequential", "attention.variant=paper",
+                          "model.attention_blocks=basic", "input_size=[384,288]", "num_keypoints=14"])  # fmt: skip
+    model = build_model(cfg)
+    assert isinstance(model, PoseResNet) and model.depth == 101 and model.num_keypoints == 14
+    assert (
+        model.attention == AttentionSpec("psa", "sequential", "paper")
+        and model.attention_blocks == "basic"
+    )
+    assert input_size(cfg) == (384, 288)
+    assert OmegaConf.to_container(cfg.model.attention, resolve=True)["layout"] == "sequential"
+
+
+def test_unknown_model_key_names_the_key_and_the_allowed_ones() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key\(s\) model\.widht for psapose\.models\.PoseHRNet; allowed: width, ",
+    ):
+        build_model(compose_config(["+model.widht=3"]))
+
+
+def test_bad_attention_value_names_the_key() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"attention\.kind must be one of \['none', 'psa', 'se', 'gc'\], got 'nonlocal'",
+    ):
+        build_model(compose_config(["attention.kind=nonlocal"]))
+    with pytest.raises(ConfigError, match=r"attention_blocks must be one of \['all', 'basic'\]"):
+        build_model(compose_config(["model.attention_blocks=bottleneck"]))
+
+
+def test_unknown_group_option_lists_the_available_ones() -> None:
+    with pytest.raises(MissingConfigException, match="Could not find 'attention/nonlocal'"):
+        compose_config(["attention=nonlocal"])
+
+
+@pytest.mark.parametrize("size", ["[250,192]", "[256]", "[256,-192]"])
+def test_input_size_must_be_multiples_of_32(size: str) -> None:
+    with pytest.raises(ConfigError, match="input_size"):
+        input_size(compose_config([f"input_size={size}"]))
+
+
+def test_quickstart_script_runs(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "quickstart.py"), f"hydra.run.dir={tmp_path}", "input_size=[128,96]"],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert "heatmaps [2, 17, 32, 24]; 19 attention blocks" in out.stdout
+    assert "gradients finite: True" in out.stdout
+    total = next(line for line in out.stdout.splitlines() if line.startswith("total"))
+    assert (
+        total.split()[1]
+        == f"{sum(p.numel() for p in build_model(compose_config()).parameters()):,}"
+    )
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
