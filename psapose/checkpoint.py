@@ -1,0 +1,262 @@
+"""Loading weights safely: pose checkpoints, ImageNet backbones, URLs.
+
+Every file is read with ``torch.load(..., weights_only=True)``: tensors and
+plain containers only, never pickled code. Checkpoints from the official HRNet
+pose code (plain state dicts, or training checkpoints with a ``state_dict``
+entry and ``module.`` prefixes) and from psapose load alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "load_pose_checkpoint",
+    "load_pretrained_backbone",
+    "load_state_dict_file",
+    "resolve_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+# Containers in which training scripts nest the model's weights, most specific first.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "best_state_dict")
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+_URL_SCHEMES = ("http", "https", "file")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, is unsafe, or does not fit the model."""
+
+
+def default_cache_dir() -> Path:
+    """Where downloaded weights are kept: ``$PSAPOSE_CACHE`` or ``~/.cache/psapose/checkpoints``."""
+    root = os.environ.get("PSAPOSE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "psapose" / "checkpoints"
+
+
+def resolve_checkpoint(
+    path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """A local path for ``path_or_url``, downloading ``http(s)://`` and ``file://``
+    URLs into the cache once. A file name carrying a hash (``resnet50-19c8e357.pth``)
+    is checked against the SHA-256 of the download, as torchvision does."""
+    text = os.fspath(path_or_url)
+    scheme = urlparse(text).scheme
+    if scheme not in _URL_SCHEMES:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+        return path
+    name = Path(urlparse(text).path).name
+    if not name:
+        raise CheckpointError(f"checkpoint URL {text} does not end in a file name")
+    target_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = target_dir / name
+    if not target.is_file():
+        target_dir.mkdir(parents=True, exist_ok=True)
+        match = _HASH_IN_NAME.search(name)
+        log.info("downloading %s to %s", text, target)
+        try:
+            # Writes to a temporary file and renames it: no half-written cache entries.
+            torch.hub.download_url_to_file(
+                text, str(target), hash_prefix=match.group(1) if match else None
+            )
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"could not download checkpoint {text}: {err}") from err
+    return target
+
+
+def load_state_dict_file(path_or_url: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights stored in a checkpoint file, on the CPU.
+
+    Unwraps ``{"state_dict": ...}``-style training checkpoints and removes a
+    ``module.`` prefix left by (Distributed)DataParallel.
+    """
+    path = resolve_checkpoint(path_or_url)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled Python objects, not just tensors "
+            f"({reason}). psapose loads checkpoints with weights_only=True only; re-save the "
+            "weights in a trusted environment with torch.save(model.state_dict(), path)."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}"
+        ) from err
+    return extract_state_dict(obj, source=str(path))
+
+
+def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a loaded checkpoint object."""
+    for _ in range(3):  # at most a few levels of nesting
+        if not isinstance(obj, Mapping):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        nested = next((obj[k] for k in _STATE_DICT_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            break
+        obj = nested
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(
+            f"{source}: no state dict found (expected a mapping of parameter names to tensors)"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{source}: entries {bad[:5]} are not tensors; expected a state dict or one of the keys {list(_STATE_DICT_KEYS)}"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+@dataclass
+class LoadReport:
+    """What a load did: which tensors were taken, and which were not."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    ignored: list[str] = field(
+        default_factory=list
+    )  # in the file, deliberately skipped (e.g. a classifier)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def missing_outside_attention(self) -> list[str]:
+        return [k for k in self.missing if ".deattn." not in k]
+
+    def summary(self, max_groups: int = 12) -> str:
+        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
+        attention_missing = len(self.missing) - len(self.missing_outside_attention)
+        if attention_missing:
+            lines.append(
+                f"  {attention_missing} attention tensors (deattn) not in the file keep their initialisation"
+            )
+        for title, keys in (
+            ("missing from the file", self.missing_outside_attention),
+            ("in the file but not in the model", self.unexpected),
+            ("skipped (not part of the backbone)", self.ignored),
+        ):
+            if keys:
+                lines.append(f"  {len(keys)} {title}:")
+                lines += [f"    {line}" for line in group_keys(keys, max_groups)]
+        if self.mismatched:
+            lines.append(f"  {len(self.mismatched)} with a different shape:")
+            lines += [
+                f"    {k}: file {list(a)} vs model {list(b)}"
+                for k, a, b in self.mismatched[:max_groups]
+            ]
+        return "\n".join(lines)
+
+
+def group_keys(keys: Iterable[str], max_groups: int = 12) -> list[str]:
+    """Collapse indices (``stage2.0.branches.1.3.conv1.weight`` -> ``stage2.*.branches.*.*.conv1``)
+    and count tensors per module pattern, so a report stays readable."""
+    counts = Counter(re.sub(r"\.\d+(?=\.|$)", ".*", k.rsplit(".", 1)[0]) for k in keys)
+    lines = [
+        f"{pattern} ({n} tensor{'s' if n > 1 else ''})" for pattern, n in sorted(counts.items())
+    ]
+    if len(lines) > max_groups:
+        lines = lines[:max_groups] + [f"... and {len(lines) - max_groups} more module patterns"]
+    return lines
+
+
+def _model_name(model: nn.Module) -> str:
+    return type(model).__name__
+
+
+def _compare(
+    model_state: Mapping[str, torch.Tensor],
+    file_state: Mapping[str, torch.Tensor],
+    report: LoadReport,
+):
+    for key, value in file_state.items():
+        if key not in model_state:
+            report.unexpected.append(key)
+        elif tuple(model_state[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(model_state[key].shape)))
+        else:
+            report.loaded.append(key)
+    report.missing = [k for k in model_state if k not in file_state]
+
+
+def load_pose_checkpoint(
+    model: nn.Module, path_or_url: str | os.PathLike, strict: bool = True
+) -> LoadReport:
+    """Load a whole-model checkpoint (psapose, or the official HRNet pose code's).
+
+    With ``strict`` every tensor must match by name and shape, otherwise a
+    :class:`CheckpointError` lists what differs. Without it, matching tensors
+    load and the report says what did not.
+    """
+    state = load_state_dict_file(path_or_url)
+    report = LoadReport(source=os.fspath(path_or_url))
+    _compare(model.state_dict(), state, report)
+    if report.mismatched or (strict and (report.missing or report.unexpected)):
+        raise CheckpointError(
+            f"{report.source} does not match {_model_name(model)}"
+            f"{' (strict load)' if strict else ''}:\n{report.summary()}"
+        )
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    log.info(report.summary())
+    return report
+
+
+def load_pretrained_backbone(
+    model: nn.Module, path_or_url: str | os.PathLike, prefixes: Iterable[str] | None = None
+) -> LoadReport:
+    """Initialise the backbone from ImageNet weights (HRNet classification or
+    torchvision ResNet checkpoints).
+
+    Only tensors under the model's ``backbone_prefixes`` are taken; the rest of
+    the file (classifier, HRNet's classification head) is reported as skipped.
+    The head and attention blocks keep their initialisation. A backbone tensor
+    of the wrong shape (say, W48 weights for a W32 model) is an error.
+    """
+    prefixes = tuple(prefixes if prefixes is not None else getattr(model, "backbone_prefixes", ()))
+    if not prefixes:
+        raise CheckpointError(f"{_model_name(model)} declares no backbone_prefixes; pass prefixes=")
+    state = load_state_dict_file(path_or_url)
+    source = os.fspath(path_or_url)
+
+    def in_backbone(key: str) -> bool:
+        return key.split(".", 1)[0] in prefixes
+
+    report = LoadReport(source=source)
+    report.ignored = [k for k in state if not in_backbone(k)]
+    model_state = {k: v for k, v in model.state_dict().items() if in_backbone(k)}
+    _compare(model_state, {k: v for k, v in state.items() if in_backbone(k)}, report)
+    if report.mismatched:
+        raise CheckpointError(
+            f"{source}: backbone tensors do not fit {_model_name(model)}:\n{report.summary()}"
+        )
+    if not report.loaded:
+        raise CheckpointError(
+            f"{source}: no backbone tensor matches {_model_name(model)} (prefixes {list(prefixes)}); "
+            "is it a checkpoint of the same architecture?"
+        )
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    log.info(report.summary())
+    return report
