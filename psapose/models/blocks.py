@@ -128,6 +128,28 @@ def attention_for(
 
 
 ATTENTION_PLACEMENTS = ("all", "basic")
+INITS = ("hrnet", "default")
+
+
+def check_model_options(attention_blocks: str, final_conv_kernel: int, init: str) -> None:
+    """Validate the options every pose model shares."""
+    if attention_blocks not in ATTENTION_PLACEMENTS:
+        raise ValueError(
+            f"attention_blocks must be one of {list(ATTENTION_PLACEMENTS)}, got {attention_blocks!r}"
+        )
+    if final_conv_kernel not in (1, 3):
+        raise ValueError(f"final_conv_kernel must be 1 or 3, got {final_conv_kernel}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+
+
+def heatmap_conv(
+    in_channels: int, num_keypoints: int, channels_per_keypoint: int, kernel: int
+) -> nn.Conv2d:
+    """The last layer of every head (``final_layer``): K x channels_per_keypoint outputs."""
+    return nn.Conv2d(
+        in_channels, num_keypoints * channels_per_keypoint, kernel, stride=1, padding=kernel // 2
+    )
 
 
 def init_pose_weights(module: nn.Module, std: float = 0.001) -> None:

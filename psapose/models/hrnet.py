@@ -18,11 +18,12 @@ from torch import nn
 
 from .attention import AttentionSpec, as_attention_spec
 from .blocks import (
-    ATTENTION_PLACEMENTS,
     BN_MOMENTUM,
     BasicBlock,
     Bottleneck,
     attention_for,
+    check_model_options,
+    heatmap_conv,
     init_pose_weights,
     make_layer,
 )
@@ -155,18 +156,11 @@ class PoseHRNet(nn.Module):
     ) -> None:
         super().__init__()
         attention = as_attention_spec(attention)
-        if attention_blocks not in ATTENTION_PLACEMENTS:
-            raise ValueError(
-                f"attention_blocks must be one of {list(ATTENTION_PLACEMENTS)}, got {attention_blocks!r}"
-            )
+        check_model_options(attention_blocks, final_conv_kernel, init)
         if len(num_modules) != 3:
             raise ValueError(
                 f"num_modules needs one count per stage 2, 3, 4, got {list(num_modules)}"
             )
-        if final_conv_kernel not in (1, 3):
-            raise ValueError(f"final_conv_kernel must be 1 or 3, got {final_conv_kernel}")
-        if init not in ("hrnet", "default"):
-            raise ValueError(f"init must be 'hrnet' or 'default', got {init!r}")
         self.width = width
         self.num_keypoints = num_keypoints
         self.channels_per_keypoint = channels_per_keypoint
@@ -209,12 +203,8 @@ class PoseHRNet(nn.Module):
             setattr(self, f"stage{stage}", nn.Sequential(*stage_modules))
             channels = branch_channels
 
-        self.final_layer = nn.Conv2d(
-            width,
-            num_keypoints * channels_per_keypoint,
-            kernel_size=final_conv_kernel,
-            stride=1,
-            padding=final_conv_kernel // 2,
+        self.final_layer = heatmap_conv(
+            width, num_keypoints, channels_per_keypoint, final_conv_kernel
         )
         if init == "hrnet":
             init_pose_weights(self)

@@ -15,11 +15,12 @@ from torch import nn
 
 from .attention import AttentionSpec, as_attention_spec
 from .blocks import (
-    ATTENTION_PLACEMENTS,
     BN_MOMENTUM,
     BasicBlock,
     Bottleneck,
     attention_for,
+    check_model_options,
+    heatmap_conv,
     init_pose_weights,
     make_layer,
 )
@@ -75,10 +76,7 @@ class PoseResNet(nn.Module):
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         attention = as_attention_spec(attention)
-        if attention_blocks not in ATTENTION_PLACEMENTS:
-            raise ValueError(
-                f"attention_blocks must be one of {list(ATTENTION_PLACEMENTS)}, got {attention_blocks!r}"
-            )
+        check_model_options(attention_blocks, final_conv_kernel, init)
         if len(deconv_channels) != len(deconv_kernels):
             raise ValueError(
                 f"deconv_channels {list(deconv_channels)} and deconv_kernels {list(deconv_kernels)} differ in length"
@@ -86,10 +84,6 @@ class PoseResNet(nn.Module):
         bad = [k for k in deconv_kernels if k not in _DECONV_PADDING]
         if bad:
             raise ValueError(f"deconv_kernels must be 2, 3 or 4, got {bad}")
-        if final_conv_kernel not in (1, 3):
-            raise ValueError(f"final_conv_kernel must be 1 or 3, got {final_conv_kernel}")
-        if init not in ("hrnet", "default"):
-            raise ValueError(f"init must be 'hrnet' or 'default', got {init!r}")
         self.depth = depth
         self.num_keypoints = num_keypoints
         self.channels_per_keypoint = channels_per_keypoint
@@ -123,12 +117,8 @@ class PoseResNet(nn.Module):
             ]  # fmt: skip
             inplanes = channels
         self.deconv_layers = nn.Sequential(*deconv)
-        self.final_layer = nn.Conv2d(
-            inplanes,
-            num_keypoints * channels_per_keypoint,
-            kernel_size=final_conv_kernel,
-            stride=1,
-            padding=final_conv_kernel // 2,
+        self.final_layer = heatmap_conv(
+            inplanes, num_keypoints, channels_per_keypoint, final_conv_kernel
         )
         if init == "hrnet":
             init_pose_weights(self)
