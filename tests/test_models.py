@@ -230,3 +230,16 @@ def test_resnet_rejects_bad_arguments() -> None:
         PoseResNet(depth=42)
     with pytest.raises(ValueError, match="deconv_kernels must be 2, 3 or 4"):
         PoseResNet(depth=18, deconv_channels=(64,), deconv_kernels=(5,))
+
+
+@pytest.mark.parametrize("attention", ["psa_parallel", "psa_sequential", "gc"])
+def test_channels_last_gives_the_same_outputs(attention: str) -> None:
+    model = build("quickstart", attention)
+    model.load_state_dict(deterministic_weights(model.state_dict()))
+    model.eval()
+    x = deterministic_input((2, 3, 64, 96))
+    with torch.no_grad():
+        reference = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert (out - reference).abs().max() <= 1e-5 * reference.abs().max()
