@@ -132,7 +132,7 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, tor
 
 @dataclass
 class LoadReport:
-    """What a load did: which tensors were taken, and which were not."""
+    """What a load did (or would do): which tensors match, and which do not."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -142,17 +142,24 @@ class LoadReport:
         default_factory=list
     )  # in the file, deliberately skipped (e.g. a classifier)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    applied: bool = False  # whether the matching tensors were copied into the model
 
     @property
     def missing_outside_attention(self) -> list[str]:
         return [k for k in self.missing if ".deattn." not in k]
 
     def summary(self, max_groups: int = 12) -> str:
-        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
+        done = (
+            f"loaded {len(self.loaded)} tensors"
+            if self.applied
+            else f"{len(self.loaded)} tensors match"
+        )
+        lines = [f"{self.source}: {done}"]
         attention_missing = len(self.missing) - len(self.missing_outside_attention)
         if attention_missing:
+            keep = ", which keep their initialisation" if self.applied else ""
             lines.append(
-                f"  {attention_missing} attention tensors (deattn) not in the file keep their initialisation"
+                f"  {attention_missing} attention-block tensors (deattn) are not in the file{keep}"
             )
         for title, keys in (
             ("missing from the file", self.missing_outside_attention),
@@ -168,18 +175,25 @@ class LoadReport:
                 f"    {k}: file {list(a)} vs model {list(b)}"
                 for k, a, b in self.mismatched[:max_groups]
             ]
+            if len(self.mismatched) > max_groups:
+                lines.append(f"    ... and {len(self.mismatched) - max_groups} more")
         return "\n".join(lines)
 
 
 def group_keys(keys: Iterable[str], max_groups: int = 12) -> list[str]:
-    """Collapse indices (``stage2.0.branches.1.3.conv1.weight`` -> ``stage2.*.branches.*.*.conv1``)
-    and count tensors per module pattern, so a report stays readable."""
-    counts = Counter(re.sub(r"\.\d+(?=\.|$)", ".*", k.rsplit(".", 1)[0]) for k in keys)
-    lines = [
-        f"{pattern} ({n} tensor{'s' if n > 1 else ''})" for pattern, n in sorted(counts.items())
-    ]
+    """Tensor counts per module, at the deepest module level that still fits in
+    ``max_groups`` lines (``stage4.2.fuse_layers.1.0 (5 tensors)``), so a report of
+    hundreds of keys stays readable and still says where they are."""
+    modules = [k.rsplit(".", 1)[0] if "." in k else k for k in keys]
+    depth = max(len(m.split(".")) for m in modules)
+    while True:
+        counts = Counter(".".join(m.split(".")[:depth]) for m in modules)
+        if len(counts) <= max_groups or depth == 1:
+            break
+        depth -= 1
+    lines = [f"{name} ({n} tensor{'s' if n > 1 else ''})" for name, n in sorted(counts.items())]
     if len(lines) > max_groups:
-        lines = lines[:max_groups] + [f"... and {len(lines) - max_groups} more module patterns"]
+        lines = lines[:max_groups] + [f"... and {len(lines) - max_groups} more modules"]
     return lines
 
 
@@ -220,6 +234,7 @@ def load_pose_checkpoint(
             f"{' (strict load)' if strict else ''}:\n{report.summary()}"
         )
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    report.applied = True
     log.info(report.summary())
     return report
 
@@ -258,5 +273,6 @@ def load_pretrained_backbone(
             "is it a checkpoint of the same architecture?"
         )
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    report.applied = True
     log.info(report.summary())
     return report

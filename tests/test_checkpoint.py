@@ -59,7 +59,7 @@ def test_strict_load_names_what_differs(tmp_path, w32_state) -> None:
         load_pose_checkpoint(build("hrnet_w32", "psa_parallel"), path, strict=True)
     text = str(err.value)
     assert str(path) in text and "does not match PoseHRNet" in text
-    assert "attention tensors (deattn) not in the file" in text
+    assert "1754 tensors match\n  540 attention-block tensors (deattn) are not in the file" in text
     # Non-strict: everything that exists loads, the attention keeps its initialisation.
     report = load_pose_checkpoint(build("hrnet_w32", "psa_parallel"), path, strict=False)
     assert len(report.loaded) == len(w32_state)
@@ -138,7 +138,14 @@ def test_imagenet_hrnet_initialises_the_backbone(tmp_path, caplog) -> None:
         model.state_dict()["stage2.0.branches.1.2.conv1.weight"],
         state["stage2.0.branches.1.2.conv1.weight"],
     )
-    assert "attention tensors (deattn) not in the file keep their initialisation" in caplog.text
+    assert (
+        "attention-block tensors (deattn) are not in the file, which keep their initialisation"
+        in caplog.text
+    )
+    assert (
+        "78 in the file but not in the model:\n    stage4.2.fuse_layers.1.0 (6 tensors)"
+        in caplog.text
+    )
     assert "skipped (not part of the backbone)" in caplog.text
 
 
@@ -195,11 +202,15 @@ def test_url_through_the_loader_uses_the_cache(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "cache" / "w.pth").is_file()
 
 
-def test_group_keys_collapses_indices() -> None:
-    keys = [
-        f"stage2.0.branches.{b}.{i}.deattn.conv_up.weight" for b in range(2) for i in range(4)
-    ] + ["final_layer.bias"]
-    assert group_keys(keys) == [
-        "final_layer (1 tensor)",
-        "stage2.*.branches.*.*.deattn.conv_up (8 tensors)",
+def test_group_keys_uses_the_deepest_level_that_fits() -> None:
+    blocks = [f"stage2.0.branches.{b}.{i}" for b in range(2) for i in range(4)]
+    keys = [f"{blk}.deattn.conv_up.weight" for blk in blocks] + ["final_layer.bias"]
+    assert group_keys(keys, max_groups=12) == ["final_layer (1 tensor)"] + [
+        f"{blk}.deattn.conv_up (1 tensor)" for blk in blocks
     ]
+    assert group_keys(keys, max_groups=3) == [
+        "final_layer (1 tensor)",
+        "stage2.0.branches.0 (4 tensors)",
+        "stage2.0.branches.1 (4 tensors)",
+    ]
+    assert group_keys(keys, max_groups=1) == ["final_layer (1 tensor)", "... and 1 more modules"]
