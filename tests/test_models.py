@@ -197,6 +197,15 @@ def test_save_and_reload_gives_identical_outputs(tmp_path, model_name: str, atte
         assert torch.equal(model(x), other(x))
 
 
+def test_global_context_blocks_start_as_the_identity() -> None:
+    model = build("quickstart", "gc")
+    blocks = [m.deattn for m in attention_modules(model).values()]
+    assert len(blocks) == 19
+    assert all(b.channel_add_conv[-1].weight.abs().sum() == 0 for b in blocks)
+    x = torch.randn(2, blocks[0].conv_mask.in_channels, 8, 6)
+    torch.testing.assert_close(blocks[0](x), x)
+
+
 def test_parallel_psa_starts_near_identity() -> None:
     """Under the official N(0, 0.001) initialisation both PSA masks start near 0.5."""
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import AttentionSpec
+from .attention import AttentionSpec, GlobalContext
 
 BN_MOMENTUM = 0.1
 
@@ -158,6 +158,8 @@ def init_pose_weights(module: nn.Module, std: float = 0.001) -> None:
 
     It covers attention blocks too, as the official PSA training code does; a
     parallel PSA block then starts close to the identity (both masks near 0.5).
+    Global Context blocks then get GCNet's own recipe back (zero last
+    convolution: exactly the identity).
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -167,3 +169,6 @@ def init_pose_weights(module: nn.Module, std: float = 0.001) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, GlobalContext):
+            m.reset_parameters()
