@@ -17,9 +17,8 @@ import argparse
 import json
 import sys
 
-import torch
-
 from psapose.config import build_model, compose_config
+from psapose.models import attention_blocks
 from psapose.models.complexity import Complexity, measure_complexity
 
 MODELS = ("quickstart", "hrnet_w32", "hrnet_w48", "resnet50", "resnet101", "resnet152")
@@ -77,10 +76,6 @@ def configurations(args: argparse.Namespace):
                     yield model, attention, variant, placement
 
 
-def count_attention_blocks(model: torch.nn.Module) -> int:
-    return sum(1 for name, m in model.named_modules() if name.endswith("deattn") and m is not None)
-
-
 def measure_rows(args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
     baselines: dict[tuple[str, str], Complexity] = {}
@@ -96,7 +91,7 @@ def measure_rows(args: argparse.Namespace) -> list[dict]:
         # Count on the meta device (shapes only). Building there is slower than on the CPU
         # (its random initialisers run as Python references), so build first, then move.
         model = build_model(cfg).to("meta")
-        blocks = count_attention_blocks(model)
+        blocks = len(attention_blocks(model))
         if attention != "none" and blocks == 0:
             continue  # e.g. BasicBlock-only placement in a Bottleneck ResNet: same as none
         for size_text in args.input_sizes:

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from psapose.config import build_model, input_size
+from psapose.models import attention_blocks
 from psapose.models.complexity import measure_complexity, paper_convention_macs_by_part
 
 log = logging.getLogger("quickstart")
@@ -39,7 +40,7 @@ def main(cfg: DictConfig) -> None:
     size = input_size(cfg)
     log.info("resolved config in %s/.hydra/config.yaml", HydraConfig.get().runtime.output_dir)
     model = build_model(cfg)
-    attention_blocks = sum(1 for n, m in model.named_modules() if n.endswith("deattn"))
+    num_attention = len(attention_blocks(model))
 
     images = torch.randn(2, 3, *size)
     model.train()
@@ -55,7 +56,7 @@ def main(cfg: DictConfig) -> None:
         f"\n{type(model).__name__} ({cfg.model._target_}), attention {model.attention}, placement {model.attention_blocks}"
     )
     print(
-        f"input {list(images.shape)} -> heatmaps {list(heatmaps.shape)}; {attention_blocks} attention blocks"
+        f"input {list(images.shape)} -> heatmaps {list(heatmaps.shape)}; {num_attention} attention blocks"
     )
     print(
         f"forward+backward on the CPU: {step_time * 1000:.0f} ms for a batch of 2; gradients finite: {finite}\n"

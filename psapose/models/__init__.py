@@ -7,7 +7,7 @@ from .attention import (
     SqueezeExcitation,
     as_attention_spec,
 )
-from .blocks import BasicBlock, Bottleneck
+from .blocks import BasicBlock, Bottleneck, attention_blocks
 from .hrnet import HighResolutionModule, PoseHRNet
 from .resnet import PoseResNet
 
@@ -22,4 +22,5 @@ __all__ = [
     "PoseResNet",
     "SqueezeExcitation",
     "as_attention_spec",
+    "attention_blocks",
 ]

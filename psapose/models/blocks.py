@@ -127,6 +127,15 @@ def attention_for(
     return None
 
 
+def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """The attention block of every residual block that has one, by the block's name."""
+    return {
+        name: m.deattn
+        for name, m in model.named_modules()
+        if isinstance(m, (BasicBlock, Bottleneck)) and m.deattn is not None
+    }
+
+
 ATTENTION_PLACEMENTS = ("all", "basic")
 INITS = ("hrnet", "default")
 
