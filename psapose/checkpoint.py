@@ -138,9 +138,8 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the model, not in the file
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
-    ignored: list[str] = field(
-        default_factory=list
-    )  # in the file, deliberately skipped (e.g. a classifier)
+    # in the file, deliberately skipped (e.g. an ImageNet classifier)
+    ignored: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     applied: bool = False  # whether the matching tensors were copied into the model
 
@@ -259,10 +258,10 @@ def load_pretrained_backbone(
     def in_backbone(key: str) -> bool:
         return key.split(".", 1)[0] in prefixes
 
-    report = LoadReport(source=source)
-    report.ignored = [k for k in state if not in_backbone(k)]
+    backbone_state = {k: v for k, v in state.items() if in_backbone(k)}
+    report = LoadReport(source=source, ignored=[k for k in state if k not in backbone_state])
     model_state = {k: v for k, v in model.state_dict().items() if in_backbone(k)}
-    _compare(model_state, {k: v for k, v in state.items() if in_backbone(k)}, report)
+    _compare(model_state, backbone_state, report)
     if report.mismatched:
         raise CheckpointError(
             f"{source}: backbone tensors do not fit {_model_name(model)}:\n{report.summary()}"

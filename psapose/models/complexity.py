@@ -19,7 +19,7 @@ Both run on the ``meta`` device when the model is there, so even HRNet-W48 at
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -41,9 +41,6 @@ class Complexity:
     params: int
     paper_gflops: float  # convolution multiply-adds / 2**30, the HRNet counter
     true_gmacs: float  # all multiply-adds / 1e9
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def count_parameters(model: nn.Module) -> int:
