@@ -1,0 +1,98 @@
+"""Datasets from the ``data`` config node: paths, splits and augmentation in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from psapose.data.coco import Instances, TopDownDataset, load_coco_annotations, load_detections
+from psapose.data.keypoint_spec import KeypointSpec, load_keypoint_spec
+from psapose.data.transforms import Augmentation
+
+__all__ = ["SPLITS", "build_dataset", "build_keypoint_spec", "load_split", "split_path"]
+
+SPLITS = ("train", "val", "test-dev")
+
+
+def _node_name(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return split.replace("-", "_")
+
+
+def split_path(data_cfg: DictConfig, split: str, key: str) -> Path | None:
+    """``data.<split>.<key>`` as a path, relative paths taken from ``data.root``."""
+    value = OmegaConf.select(data_cfg, f"{_node_name(split)}.{key}")
+    if value in (None, ""):
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else Path(str(data_cfg.root)).expanduser() / path
+
+
+def build_keypoint_spec(data_cfg: DictConfig) -> KeypointSpec:
+    """The spec named by ``data.keypoints``: a built-in name, a path, or a path under ``data.root``."""
+    name = str(data_cfg.keypoints)
+    if name.endswith((".yaml", ".yml")) and not Path(name).expanduser().is_absolute():
+        under_root = Path(str(data_cfg.root)).expanduser() / name
+        if not Path(name).exists() and under_root.exists():
+            return load_keypoint_spec(under_root)
+    return load_keypoint_spec(Path(name).expanduser() if name.endswith((".yaml", ".yml")) else name)
+
+
+def load_split(
+    data_cfg: DictConfig, split: str, spec: KeypointSpec, aspect_ratio: float
+) -> Instances:
+    """Person instances of a split: ground truth for ``train`` (and ``val`` with
+    ``use_gt_boxes``), detections otherwise."""
+    node = _node_name(split)
+    ann_file = split_path(data_cfg, split, "ann_file")
+    image_dir = split_path(data_cfg, split, "image_dir")
+    if ann_file is None or image_dir is None:
+        raise ValueError(f"data.{node}.ann_file and data.{node}.image_dir must be set")
+    padding = float(data_cfg.box_padding)
+    category = data_cfg.get("category_id")
+    use_gt = split == "train" or bool(
+        OmegaConf.select(data_cfg, f"{node}.use_gt_boxes", default=False)
+    )
+    if use_gt:
+        return load_coco_annotations(
+            ann_file, image_dir, spec.num_keypoints, aspect_ratio, padding, category
+        )
+    det_file = split_path(data_cfg, split, "det_file")
+    if det_file is None:
+        raise ValueError(
+            f"data.{node}.det_file is not set: give a detection-results file"
+            + (" or set data.val.use_gt_boxes=true" if split == "val" else "")
+        )
+    return load_detections(
+        det_file,
+        ann_file,
+        image_dir,
+        spec.num_keypoints,
+        aspect_ratio,
+        padding,
+        float(OmegaConf.select(data_cfg, f"{node}.det_score_threshold", default=0.0)),
+        1 if category is None else int(category),
+    )
+
+
+def build_dataset(
+    data_cfg: DictConfig,
+    split: str,
+    input_size: tuple[int, int],
+    codec: Any = None,
+    seed: int = 0,
+    augment: bool | None = None,
+) -> TopDownDataset:
+    """The dataset of a split; training augmentation by default only for ``train``."""
+    spec = build_keypoint_spec(data_cfg)
+    instances = load_split(data_cfg, split, spec, input_size[1] / input_size[0])
+    augment = split == "train" if augment is None else augment
+    aug = None
+    if augment:
+        aug = Augmentation(**OmegaConf.to_container(data_cfg.augment, resolve=True))
+    return TopDownDataset(
+        instances, spec, input_size, codec=codec, augment=aug, color=str(data_cfg.color), seed=seed
+    )
