@@ -470,3 +470,42 @@ def test_custom_dataset_with_its_own_keypoints_needs_no_code(tmp_path):
     assert train.spec.num_keypoints == 5 and len(train) == 3 and len(val) == 3
     sample = train[0]
     assert sample["keypoints"].shape == (5, 2) and sample["image"].shape == (64, 48, 3)
+
+
+TESTDEV = SHARED_DATA / "coco_testdev_fixture"
+
+
+@pytest.mark.skipif(not TESTDEV.is_dir(), reason=f"shared test-dev fixture not found at {TESTDEV}")
+def test_test_dev_split_reads_image_info_and_a_detection_file(tmp_path):
+    info = json.loads((TESTDEV / "image_info_test-dev2017.TRUNCATED_10imgs.json").read_text())
+    present = [i for i in info["images"] if (TESTDEV / "test2017" / i["file_name"]).is_file()]
+    assert present, "the fixture's images are missing"
+    dets = [
+        {
+            "image_id": i["id"],
+            "category_id": 1,
+            "score": s,
+            "bbox": [10, 20, i["width"] / 3, i["height"] / 2],
+        }
+        for i in present
+        for s in (0.9, 0.05)
+    ]
+    _write(tmp_path / "dets.json", dets)
+    cfg = compose_config(
+        [
+            "data=coco",
+            f"data.root={TESTDEV}",
+            "data.test_dev.ann_file=image_info_test-dev2017.TRUNCATED_10imgs.json",
+            "data.test_dev.image_dir=test2017",
+            f"data.test_dev.det_file={tmp_path / 'dets.json'}",
+            "data.test_dev.det_score_threshold=0.1",
+        ]
+    )
+    ds = build_dataset(cfg.data, "test-dev", (256, 192))
+    assert len(ds) == len(present) and ds.augment is None
+    assert ds.instances.skipped["below score threshold"] == len(present)
+    sample = ds[0]
+    assert sample["image"].shape == (256, 192, 3) and sample["image"].float().std() > 10
+    assert sample["image_id"] == present[0]["id"] and sample["score"] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        build_dataset(cfg.data, "test", (256, 192))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -380,7 +381,8 @@ class TopDownDataset(Dataset):
         inst = self.instances
         epoch = self.epoch if epoch is None else epoch
         path = inst.image_files[inst.image_index[index]]
-        image = read_image(path, self.color)
+        # Decode as BGR and convert the (smaller) crop, not the whole image.
+        image = read_image(path, "bgr")
         keypoints = inst.keypoints[index, :, :2].astype(np.float64)
         visible = (inst.keypoints[index, :, 2] > 0).astype(np.float32)
         center, scale = inst.centers[index], inst.scales[index]
@@ -400,6 +402,8 @@ class TopDownDataset(Dataset):
             )
         matrix = affine_matrix(center, scale, rotation, self.input_size, self.udp, flip)
         crop = warp_image(image, matrix, self.input_size)
+        if self.color == "rgb":
+            cv2.cvtColor(crop, cv2.COLOR_BGR2RGB, dst=crop)
         keypoints = apply_affine(keypoints, matrix)
         if flip:
             keypoints, visible = keypoints[self._flip_indices], visible[self._flip_indices]
