@@ -509,3 +509,42 @@ def test_test_dev_split_reads_image_info_and_a_detection_file(tmp_path):
     assert sample["image_id"] == present[0]["id"] and sample["score"] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="unknown split 'test'"):
         build_dataset(cfg.data, "test", (256, 192))
+
+
+@needs_coco_mini
+@pytest.mark.parametrize(
+    ("codec_name", "tolerance_hm_px"),
+    [("udp", 0.05), ("dark", 0.05), ("udp_combined", 0.01), ("msra", 0.75)],
+)
+def test_ground_truth_survives_crop_encode_decode_and_back(codec_name, tolerance_hm_px):
+    """Image keypoints -> crop -> codec targets -> decode -> image keypoints, on real val people."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config(
+        ["data=coco", f"data.root={COCO_MINI}", "data.val.use_gt_boxes=true", f"codec={codec_name}"]
+    )
+    codec = instantiate(cfg.codec)
+    ds = build_dataset(cfg.data, "val", (256, 192), codec=codec)
+    assert ds.udp == codec.use_udp
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    keypoints, _ = codec.decode(batch["target"])
+    image_kps = crop_to_image(
+        keypoints.double().numpy(),
+        batch["center"].numpy(),
+        batch["scale"].numpy(),
+        (256, 192),
+        ds.udp,
+    )
+    truth = ds.instances.keypoints
+    # Heatmap pixels -> image pixels: the crop's size over the heatmap's.
+    px_per_hm = batch["scale"].numpy()[:, None, :] / np.array([48, 64])
+    error = np.abs(image_kps - truth[..., :2]) / px_per_hm
+    labelled = (truth[..., 2] > 0) & (batch["target_weight"].numpy() > 0)
+    # Exact within 7 heatmap pixels of the border (3 sigma + 1: the whole Gaussian is on
+    # the map); nearer the border the cut-off Gaussian biases the sub-pixel step a little.
+    hm = codec.to_heatmap(batch["keypoints"]).numpy()
+    interior = ((hm >= 7) & (hm <= np.array([47, 63]) - 7)).all(axis=-1) & labelled
+    border = ((hm >= 1) & (hm <= np.array([47, 63]) - 1)).all(axis=-1) & labelled & ~interior
+    assert interior.sum() > 300 and border.sum() > 20
+    assert error[interior].max() < tolerance_hm_px
+    assert error[border].max() < max(tolerance_hm_px, 0.5)
