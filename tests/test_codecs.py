@@ -710,8 +710,8 @@ def test_config_group_instantiates(name: str, cls: type[HeatmapCodec]) -> None:
     codec = instantiate(cfg.codec)
     assert type(codec) is cls
     assert codec.input_size == (384, 288) and codec.heatmap_size == (96, 72)
-    # and composed with the root config, where the group is not a default yet
-    codec = instantiate(compose_config([f"+codec={name}"]).codec)
+    # and composed with the root config, where it is a command-line switch
+    codec = instantiate(compose_config([f"codec={name}"]).codec)
     assert type(codec) is cls and codec.heatmap_size == (64, 48)
 
 
