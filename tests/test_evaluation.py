@@ -1,0 +1,545 @@
+"""The evaluation back end: OKS-NMS, rescoring, COCO results, pycocotools evaluation.
+
+The NMS and rescoring code is compared with per-instance ports of the official
+HRNet code (leoxiaobin/deep-high-resolution-net.pytorch, ``lib/nms/nms.py`` and
+``lib/dataset/coco.py``), written out below with HRNet's loops kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import warnings
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psapose.evaluation import (
+    COCO_SIGMAS,
+    STAT_NAMES,
+    evaluate_keypoints,
+    format_table,
+    ground_truth_results,
+    keypoint_results,
+    nms_per_image,
+    oks_iou,
+    oks_matrix,
+    oks_nms,
+    rescore,
+    resolve_sigmas,
+    results_to_arrays,
+    soft_oks_nms,
+    write_results,
+    write_test_dev_results,
+)
+from psapose.evaluation import nms as nms_module
+from tests.helpers import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_PAIR = SHARED_DATA / "coco_eval_pair"
+PAIR_GT = EVAL_PAIR / "example_coco_val.json"
+PAIR_PREDS = EVAL_PAIR / "example_coco_preds.json"
+MINI_VAL = SHARED_DATA / "coco_mini" / "annotations" / "person_keypoints_val2017.json"
+needs_pair = pytest.mark.skipif(
+    not PAIR_PREDS.is_file(), reason=f"shared COCO eval pair not found at {EVAL_PAIR}"
+)
+needs_mini = pytest.mark.skipif(
+    not MINI_VAL.is_file(), reason=f"shared COCO subset annotations not found at {MINI_VAL}"
+)
+PAIR_EXPECTED = {"AP": 0.8609, "AP50": 0.9931, "AP75": 0.9109, "AR": 0.875}
+
+
+# ----------------------------------------------------------------------------- reference ports
+# HRNet lib/nms/nms.py, per instance. ``in_vis_thre`` follows mmpose's reading
+# ((vg > t) & (vd > t)); HRNet's literal ``list(vg > t) and list(vd > t)`` keeps vd's mask only.
+
+
+def ref_oks_iou(g, d, a_g, a_d, sigmas=None, in_vis_thre=None):
+    if not isinstance(sigmas, np.ndarray):
+        sigmas = (
+            np.array(
+                [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07]
+                + [0.87, 0.87, 0.89, 0.89]
+            )
+            / 10.0
+        )
+    variances = (sigmas * 2) ** 2
+    xg = g[0::3]
+    yg = g[1::3]
+    vg = g[2::3]
+    ious = np.zeros(d.shape[0])
+    for n_d in range(0, d.shape[0]):
+        xd = d[n_d, 0::3]
+        yd = d[n_d, 1::3]
+        vd = d[n_d, 2::3]
+        dx = xd - xg
+        dy = yd - yg
+        e = (dx**2 + dy**2) / variances / ((a_g + a_d[n_d]) / 2 + np.spacing(1)) / 2
+        if in_vis_thre is not None:
+            ind = list((vg > in_vis_thre) & (vd > in_vis_thre))
+            e = e[ind]
+        ious[n_d] = np.sum(np.exp(-e)) / e.shape[0] if e.shape[0] != 0 else 0.0
+    return ious
+
+
+def ref_oks_nms(kpts_db, thresh, sigmas=None, in_vis_thre=None):
+    if len(kpts_db) == 0:
+        return []
+    scores = np.array([kpts_db[i]["score"] for i in range(len(kpts_db))])
+    kpts = np.array([kpts_db[i]["keypoints"].flatten() for i in range(len(kpts_db))])
+    areas = np.array([kpts_db[i]["area"] for i in range(len(kpts_db))])
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        oks_ovr = ref_oks_iou(
+            kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas, in_vis_thre
+        )
+        inds = np.where(oks_ovr <= thresh)[0]
+        order = order[inds + 1]
+    return keep
+
+
+def ref_rescore(overlap, scores, thresh, type="gaussian"):
+    assert overlap.shape[0] == scores.shape[0]
+    if type == "linear":
+        inds = np.where(overlap >= thresh)[0]
+        scores[inds] = scores[inds] * (1 - overlap[inds])
+    else:
+        scores = scores * np.exp(-(overlap**2) / thresh)
+    return scores
+
+
+def ref_soft_oks_nms(kpts_db, thresh, sigmas=None, in_vis_thre=None, max_dets=20):
+    if len(kpts_db) == 0:
+        return []
+    scores = np.array([kpts_db[i]["score"] for i in range(len(kpts_db))])
+    kpts = np.array([kpts_db[i]["keypoints"].flatten() for i in range(len(kpts_db))])
+    areas = np.array([kpts_db[i]["area"] for i in range(len(kpts_db))])
+    order = scores.argsort()[::-1]
+    scores = scores[order]
+    keep = np.zeros(max_dets, dtype=np.intp)
+    keep_cnt = 0
+    while order.size > 0 and keep_cnt < max_dets:
+        i = order[0]
+        oks_ovr = ref_oks_iou(
+            kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas, in_vis_thre
+        )
+        order = order[1:]
+        scores = ref_rescore(oks_ovr, scores[1:], thresh)
+        tmp = scores.argsort()[::-1]
+        order = order[tmp]
+        scores = scores[tmp]
+        keep[keep_cnt] = i
+        keep_cnt += 1
+    return keep[:keep_cnt]
+
+
+def ref_evaluate(preds, areas, box_scores, image_ids, soft=False, sigmas=None):
+    """HRNet COCODataset.evaluate up to the results list (in_vis_thre 0.2, oks_thre 0.9)."""
+    num_joints, in_vis_thre, oks_thre = preds.shape[1], 0.2, 0.9
+    kpts = defaultdict(list)
+    for idx, kpt in enumerate(preds):
+        kpts[int(image_ids[idx])].append(
+            {
+                "keypoints": kpt,
+                "area": areas[idx],
+                "score": box_scores[idx],
+                "image": image_ids[idx],
+            }
+        )
+    oks_nmsed_kpts = []
+    for img in kpts.keys():
+        img_kpts = kpts[img]
+        for n_p in img_kpts:
+            box_score = n_p["score"]
+            kpt_score = 0
+            valid_num = 0
+            for n_jt in range(0, num_joints):
+                t_s = n_p["keypoints"][n_jt][2]
+                if t_s > in_vis_thre:
+                    kpt_score = kpt_score + t_s
+                    valid_num = valid_num + 1
+            if valid_num != 0:
+                kpt_score = kpt_score / valid_num
+            n_p["score"] = kpt_score * box_score
+        nms = ref_soft_oks_nms if soft else ref_oks_nms
+        keep = nms(list(img_kpts), oks_thre, sigmas)
+        if len(keep) == 0:
+            oks_nmsed_kpts.append(img_kpts)
+        else:
+            oks_nmsed_kpts.append([img_kpts[_keep] for _keep in keep])
+    results = []
+    for img_kpts in oks_nmsed_kpts:
+        _key_points = np.array([img_kpts[k]["keypoints"] for k in range(len(img_kpts))])
+        key_points = np.zeros((_key_points.shape[0], num_joints * 3), dtype=np.float64)
+        for ipt in range(num_joints):
+            key_points[:, ipt * 3 + 0] = _key_points[:, ipt, 0]
+            key_points[:, ipt * 3 + 1] = _key_points[:, ipt, 1]
+            key_points[:, ipt * 3 + 2] = _key_points[:, ipt, 2]
+        results.extend(
+            {
+                "image_id": int(img_kpts[k]["image"]),
+                "category_id": 1,
+                "keypoints": list(key_points[k]),
+                "score": img_kpts[k]["score"],
+            }
+            for k in range(len(img_kpts))
+        )
+    return results
+
+
+def as_db(keypoints, scores, areas):
+    rows = zip(keypoints, scores, areas, strict=True)
+    return [{"keypoints": k, "score": s, "area": a} for k, s, a in rows]
+
+
+# ----------------------------------------------------------------------------- random sets
+
+
+def random_people(rng, n, k=17, dtype=np.float64, size=400.0, dup_frac=0.6, tie_levels=6):
+    """``n`` people around few poses: clusters of near-duplicates, many tied scores.
+
+    Duplicates are a base pose plus noise of a few pixels, so their OKS spans the
+    0.9 threshold; scores come from ``tie_levels`` values, so ties are common.
+    """
+    num_base = max(1, int(n * (1 - dup_frac)))
+    base = rng.uniform(0, size, (num_base, k, 2))
+    base_area = rng.uniform(30.0, 150.0, num_base) ** 2
+    parent = np.concatenate([np.arange(num_base), rng.integers(0, num_base, n - num_base)])
+    rng.shuffle(parent)
+    noise = rng.choice([0.5, 2.0, 6.0, 20.0], n)[:, None, None]
+    xy = base[parent] + rng.normal(0, 1, (n, k, 2)) * noise
+    vis = rng.uniform(0, 1, (n, k, 1))
+    keypoints = np.concatenate([xy, vis], axis=-1).astype(dtype)
+    areas = base_area[parent] * rng.uniform(0.8, 1.2, n)
+    scores = np.round(rng.integers(1, tie_levels + 1, n) / tie_levels, 3)
+    return keypoints, scores, areas
+
+
+# ----------------------------------------------------------------------------- OKS
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("vis", [None, 0.3])
+def test_oks_matrix_is_bit_identical_to_reference(dtype, vis) -> None:
+    rng = np.random.default_rng(0)
+    kps, _, areas = random_people(rng, 60, dtype=dtype)
+    matrix = oks_matrix(kps, areas, kps, areas, COCO_SIGMAS, vis)
+    flat = kps.reshape(len(kps), -1)
+    for i in range(len(kps)):
+        ref = ref_oks_iou(flat[i], flat, areas[i], areas, None, vis)
+        assert np.array_equal(matrix[i], ref)
+        assert np.array_equal(oks_iou(kps[i], kps, areas[i], areas, None, vis), ref)
+    assert np.allclose(np.diag(matrix), 1.0)
+
+
+def test_oks_matrix_row_blocks(monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    kps, _, areas = random_people(rng, 50)
+    whole = oks_matrix(kps, areas, kps, areas)
+    monkeypatch.setattr(nms_module, "_BLOCK_ELEMENTS", 17 * 50 * 3)
+    assert np.array_equal(oks_matrix(kps, areas, kps, areas), whole)
+
+
+def test_sigmas() -> None:
+    yaml_like = [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062]
+    yaml_like += [0.107, 0.107, 0.087, 0.087, 0.089, 0.089]
+    assert resolve_sigmas(yaml_like, 17) is COCO_SIGMAS  # HRNet's ".26 / 10", bit for bit
+    assert resolve_sigmas(None, 17) is COCO_SIGMAS
+    assert np.array_equal(resolve_sigmas([0.05] * 5, 5), [0.05] * 5)
+    with pytest.raises(ValueError, match="sigmas are required for 5 keypoints"):
+        resolve_sigmas(None, 5)
+    with pytest.raises(ValueError, match="expected 5 sigmas"):
+        resolve_sigmas([0.05] * 4, 5)
+
+
+# ----------------------------------------------------------------------------- NMS
+
+
+@pytest.mark.parametrize(
+    "seed, n, dtype, threshold, vis",
+    [
+        (0, 400, np.float64, 0.9, None),
+        (1, 300, np.float32, 0.9, None),
+        (2, 300, np.float64, 0.5, None),
+        (3, 250, np.float64, 0.9, 0.4),
+        (4, 1, np.float64, 0.9, None),
+        (5, 2, np.float32, 0.9, None),
+    ],
+)
+def test_oks_nms_equals_reference(seed, n, dtype, threshold, vis) -> None:
+    rng = np.random.default_rng(seed)
+    kps, scores, areas = random_people(rng, n, dtype=dtype)
+    keep = oks_nms(kps, scores, areas, None, threshold, vis)
+    ref = ref_oks_nms(as_db(kps, scores, areas), threshold, None, vis)
+    assert keep.tolist() == [int(i) for i in ref]
+    if n > 10:
+        assert 0 < len(keep) < n  # the clusters were suppressed, not everything
+
+
+def test_oks_nms_row_blocks_and_edge_cases(monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    kps, scores, areas = random_people(rng, 200)
+    ref = [int(i) for i in ref_oks_nms(as_db(kps, scores, areas), 0.9)]
+    monkeypatch.setattr(nms_module, "_BLOCK_ELEMENTS", 17 * 200 * 7)  # 7-row blocks
+    assert oks_nms(kps, scores, areas).tolist() == ref
+    assert oks_nms(np.zeros((0, 17, 3)), np.zeros(0), np.zeros(0)).tolist() == []
+    # All identical, all tied: the reference keeps the last index (argsort reversed).
+    same = np.repeat(kps[:1], 5, axis=0)
+    assert oks_nms(same, np.ones(5), np.ones(5)).tolist() == [4]
+    # NaN OKS suppresses (``not <=``), as in the reference.
+    nan = kps[:3].copy()
+    nan[1, 0, 0] = np.nan
+    ref_nan = [int(i) for i in ref_oks_nms(as_db(nan, scores[:3], areas[:3]), 0.9)]
+    assert oks_nms(nan, scores[:3], areas[:3]).tolist() == ref_nan
+
+
+@pytest.mark.parametrize(
+    "seed, n, dtype, max_dets, vis",
+    [
+        (0, 300, np.float64, 20, None),
+        (1, 200, np.float32, 20, None),
+        (2, 150, np.float64, 200, None),
+        (3, 150, np.float64, 20, 0.4),
+        (4, 1, np.float64, 20, None),
+    ],
+)
+def test_soft_oks_nms_equals_reference(seed, n, dtype, max_dets, vis) -> None:
+    rng = np.random.default_rng(seed)
+    kps, scores, areas = random_people(rng, n, dtype=dtype)
+    keep = soft_oks_nms(kps, scores, areas, None, 0.9, vis, max_dets)
+    ref = ref_soft_oks_nms(as_db(kps, scores, areas), 0.9, None, vis, max_dets)
+    assert keep.tolist() == ref.tolist()
+    assert len(keep) == min(n, max_dets)
+
+
+def test_soft_oks_nms_row_by_row(monkeypatch) -> None:
+    rng = np.random.default_rng(8)
+    kps, scores, areas = random_people(rng, 120)
+    ref = ref_soft_oks_nms(as_db(kps, scores, areas), 0.9).tolist()
+    monkeypatch.setattr(nms_module, "_BLOCK_ELEMENTS", 17 * 120 * 4)  # no full matrix
+    assert soft_oks_nms(kps, scores, areas).tolist() == ref
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_nms_per_image_equals_per_image_loop(soft) -> None:
+    rng = np.random.default_rng(11)
+    n = 600
+    kps, scores, areas = random_people(rng, n, size=150.0)
+    image_ids = rng.choice([7, 3, 1000, 42, 5, 99, 8, 13], n)
+    kept = nms_per_image(image_ids, kps, scores, areas, None, 0.9, soft=soft)
+    expected = []
+    seen: list[int] = []
+    for i in image_ids.tolist():  # images in order of first appearance
+        if i not in seen:
+            seen.append(i)
+    for image in seen:
+        rows = np.flatnonzero(image_ids == image)
+        nms = ref_soft_oks_nms if soft else ref_oks_nms
+        keep = nms(as_db(kps[rows], scores[rows], areas[rows]), 0.9)
+        expected.extend(int(rows[k]) for k in keep)
+    assert kept.tolist() == expected
+    assert len(np.unique(kept)) == len(kept) < n
+
+
+# ----------------------------------------------------------------------------- rescoring, results
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rescore_equals_reference(dtype) -> None:
+    rng = np.random.default_rng(3)
+    kscores = rng.uniform(0, 1, (500, 17)).astype(dtype)
+    kscores[:50] *= 0.2  # none above the threshold: score 0
+    kscores[50:60, :5] = 0.2  # exactly at the threshold: not counted
+    box = rng.uniform(0.5, 1.0, 500)
+    out = rescore(box, kscores, 0.2)
+    ref = []
+    for b, row in zip(box, kscores, strict=True):
+        kpt_score, valid_num = 0, 0
+        for t_s in row:
+            if t_s > 0.2:
+                kpt_score = kpt_score + t_s
+                valid_num = valid_num + 1
+        if valid_num != 0:
+            kpt_score = kpt_score / valid_num
+        ref.append(kpt_score * b)
+    assert out.dtype == np.float64 and np.array_equal(out, np.array(ref))
+    assert (out[:50] == 0).all() and (out[50:] > 0).all()
+
+
+@pytest.mark.parametrize("nms", ["oks", "soft"])
+def test_keypoint_results_equal_hrnet_evaluate(nms) -> None:
+    rng = np.random.default_rng(5)
+    n = 500
+    preds, box_scores, areas = random_people(rng, n, dtype=np.float32, size=200.0)
+    image_ids = rng.choice([397133, 37777, 252219, 87038, 174482], n)
+    ours = keypoint_results(
+        image_ids, preds[..., :2], preds[..., 2], box_scores, areas, None, nms=nms
+    )
+    ref = ref_evaluate(preds, areas, box_scores, image_ids, soft=nms == "soft")
+    assert ours == ref
+    assert len(ours) < n
+    first = ours[0]
+    assert set(first) == {"image_id", "category_id", "keypoints", "score"}
+    assert type(first["image_id"]) is int and type(first["score"]) is float
+    assert all(type(v) is float for v in first["keypoints"]) and len(first["keypoints"]) == 51
+
+
+@needs_pair
+@pytest.mark.parametrize("nms", ["oks", "soft"])
+def test_keypoint_results_equal_hrnet_evaluate_on_real_predictions(nms) -> None:
+    """Real HRNet predictions, areas from their boxes as HRNet makes them: prod(scale * 200)."""
+    preds = json.loads(PAIR_PREDS.read_text())
+    flat = np.array([p["keypoints"] for p in preds]).reshape(len(preds), 17, 3)
+    areas = np.prod(np.array([p["scale"] for p in preds]) * 200, axis=1)
+    scores = np.array([p["score"] for p in preds])
+    ids = np.array([p["image_id"] for p in preds])
+    ours = keypoint_results(ids, flat[..., :2], flat[..., 2], scores, areas, None, nms=nms)
+    assert ours == ref_evaluate(flat, areas, scores, ids, soft=nms == "soft")
+    assert 0 < len(ours) <= len(preds)
+
+
+def test_keypoint_results_without_nms_and_custom_keypoints() -> None:
+    rng = np.random.default_rng(6)
+    kps, scores, areas = random_people(rng, 40, k=5)
+    ids = np.repeat([9, 2], 20)[rng.permutation(40)]
+    out = keypoint_results(ids, kps[..., :2], kps[..., 2], scores, areas, [0.05] * 5, nms="none")
+    order = np.concatenate([np.flatnonzero(ids == ids[0]), np.flatnonzero(ids != ids[0])])
+    assert [r["image_id"] for r in out] == ids[order].tolist()
+    assert np.allclose([r["score"] for r in out], rescore(scores, kps[..., 2])[order])
+    assert all(len(r["keypoints"]) == 15 for r in out)
+    with pytest.raises(ValueError, match="sigmas are required for 5 keypoints"):
+        keypoint_results(ids, kps[..., :2], kps[..., 2], scores, areas)
+    with pytest.raises(ValueError, match="nms must be one of"):
+        keypoint_results(ids, kps[..., :2], kps[..., 2], scores, areas, [0.05] * 5, nms="hard")
+    assert keypoint_results([], np.zeros((0, 17, 2)), np.zeros((0, 17)), [], []) == []
+
+
+# ----------------------------------------------------------------------------- pycocotools
+
+
+@needs_pair
+def test_eval_pair_scores_the_published_numbers() -> None:
+    stats = evaluate_keypoints(PAIR_GT, PAIR_PREDS)
+    assert list(stats) == list(STAT_NAMES)
+    assert {k: round(stats[k], 4) for k in PAIR_EXPECTED} == PAIR_EXPECTED
+    # The same through a list, COCO's sigmas given explicitly (the YAML's 0.026, ...).
+    results = json.loads(PAIR_PREDS.read_text())
+    again = evaluate_keypoints(PAIR_GT, results, sigmas=COCO_SIGMAS.round(3).tolist())
+    assert again == stats
+    assert "area" not in results[0]  # the caller's dicts are left alone
+    table = format_table(stats).splitlines()
+    assert len(table) == 2 and table[0].split() == list(STAT_NAMES)
+    assert table[1].split()[:3] == ["0.8609", "0.9931", "0.9109"]
+
+
+@needs_pair
+def test_eval_results_tool() -> None:
+    tool = ROOT / "tools" / "eval_results.py"
+    out = subprocess.run(
+        [sys.executable, str(tool), str(PAIR_GT), str(PAIR_PREDS)],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    head, row = out.stdout.strip().splitlines()
+    printed = dict(zip(head.split(), row.split(), strict=True))
+    assert printed["AP"] == "0.8609" and printed["AP50"] == "0.9931"
+    assert printed["AP75"] == "0.9109" and printed["AR"] == "0.8750"
+    out = subprocess.run(
+        [sys.executable, str(tool), str(PAIR_GT), str(PAIR_PREDS), "--json",
+         "--sigmas-from", "coco"],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    stats = json.loads(out.stdout)
+    assert {k: round(stats[k], 4) for k in PAIR_EXPECTED} == PAIR_EXPECTED
+    bad = subprocess.run(
+        [sys.executable, str(tool), str(MINI_VAL), str(PAIR_PREDS)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if MINI_VAL.is_file():
+        assert bad.returncode == 2 and "image 785" in bad.stderr
+
+
+@needs_mini
+@pytest.mark.parametrize("nms", ["oks", "soft"])
+def test_ground_truth_through_the_results_path_scores_ap_one(nms, tmp_path) -> None:
+    gt = ground_truth_results(MINI_VAL)
+    assert len(gt) == 68  # the val people with keypoints (docs/data.md)
+    arrays = results_to_arrays(gt)
+    results = keypoint_results(
+        arrays.image_ids,
+        arrays.keypoints,
+        arrays.keypoint_scores,
+        arrays.scores,
+        arrays.areas,
+        COCO_SIGMAS,
+        nms=nms,
+    )
+    assert len(results) == 68 and all(r["score"] == 1.0 for r in results)
+    path = write_results(results, tmp_path / "sub" / "results.json")
+    stats = evaluate_keypoints(MINI_VAL, path)
+    assert stats["AP"] == 1.0 and stats["AR"] == 1.0 and stats["AP50"] == 1.0
+
+
+@needs_pair
+def test_empty_results_and_unknown_images(tmp_path) -> None:
+    with pytest.warns(RuntimeWarning, match="no results to evaluate"):
+        stats = evaluate_keypoints(PAIR_GT, [])
+    assert stats == dict.fromkeys(STAT_NAMES, 0.0)
+    results = json.loads(PAIR_PREDS.read_text())
+    results[5] = dict(results[5], image_id=123456789)
+    with pytest.raises(ValueError, match="image 123456789, which is not in the ground truth"):
+        evaluate_keypoints(PAIR_GT, results)
+    path = write_results(results, tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="image 123456789"):
+        evaluate_keypoints(PAIR_GT, path)
+    with pytest.raises(ValueError, match="5 keypoints, the sigmas 17"):
+        evaluate_keypoints(PAIR_GT, [dict(results[0], keypoints=[0.0] * 15)])
+    with pytest.raises(ValueError, match="missing field 'score'"):
+        evaluate_keypoints(PAIR_GT, [{"image_id": 785, "category_id": 1, "keypoints": []}])
+    with pytest.raises(FileNotFoundError):
+        evaluate_keypoints(PAIR_GT, tmp_path / "missing.json")
+    # A subset of the images, as params.imgIds.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = evaluate_keypoints(PAIR_GT, PAIR_PREDS, image_ids=[785])
+    assert 0 < one["AP"] <= 1
+
+
+def test_test_dev_writer(tmp_path) -> None:
+    results = [{"image_id": 1, "category_id": 1, "keypoints": [1.0, 2.0, 0.5] * 17, "score": 0.9}]
+    json_path, zip_path = write_test_dev_results(results, tmp_path / "out", "psa-w48_384")
+    assert json_path.name == "person_keypoints_test-dev2017_psa-w48_384_results.json"
+    assert zip_path.name == "person_keypoints_test-dev2017_psa-w48_384_results.zip"
+    assert json.loads(json_path.read_text()) == results
+    with zipfile.ZipFile(zip_path) as zf:
+        assert zf.namelist() == [json_path.name]
+        assert json.loads(zf.read(json_path.name)) == results
+    for bad in ("a/b", "my model", "", "../x", ".hidden"):
+        with pytest.raises(ValueError, match="invalid results name"):
+            write_test_dev_results(results, tmp_path, bad)
+
+
+# ----------------------------------------------------------------------------- performance
+
+
+def test_keypoint_results_speed() -> None:
+    """Printed, not asserted: 100k people over 5000 images (run with -s to see it)."""
+    rng = np.random.default_rng(0)
+    n, images = 100_000, 5000
+    xy = rng.uniform(0, 640, (n, 17, 2)).astype(np.float32)
+    kscores = rng.uniform(0, 1, (n, 17)).astype(np.float32)
+    ids = rng.integers(0, images, n)
+    box = rng.uniform(0.2, 1, n)
+    areas = rng.uniform(32, 300, n) ** 2
+    start = time.perf_counter()
+    results = keypoint_results(ids, xy, kscores, box, areas, COCO_SIGMAS)
+    elapsed = time.perf_counter() - start
+    assert len(results) > 0.9 * n
+    print(f"\nkeypoint_results: {n} people over {images} images (OKS-NMS) in {elapsed:.2f} s")

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Score a COCO keypoint results file against a ground truth with pycocotools.
+
+    python tools/eval_results.py GT.json RESULTS.json
+    python tools/eval_results.py GT.json RESULTS.json --sigmas-from my_keypoints.yaml
+    python tools/eval_results.py GT.json RESULTS.json --json
+
+The results are scored as they are (no rescoring or NMS: that happened when they
+were written, see ``psapose.evaluation.keypoint_results``). Prints the ten
+COCOeval numbers as a table, or as a JSON object with ``--json``.
+``--sigmas-from`` takes the OKS sigmas of a keypoint YAML (or a built-in spec
+name such as ``coco``) for keypoint sets other than COCO-17.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from psapose.evaluation import evaluate_keypoints, format_table  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("gt", type=Path, help="COCO keypoint annotation file (ground truth)")
+    parser.add_argument("results", type=Path, help="COCO keypoint results file")
+    parser.add_argument(
+        "--sigmas-from",
+        metavar="KEYPOINT_YAML",
+        help="take the OKS sigmas from this keypoint spec (a YAML path or a built-in name)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    args = parser.parse_args(argv)
+
+    try:
+        sigmas = None
+        if args.sigmas_from:
+            from psapose.data.keypoint_spec import load_keypoint_spec
+
+            sigmas = load_keypoint_spec(args.sigmas_from).sigmas_array
+        stats = evaluate_keypoints(args.gt, args.results, sigmas=sigmas)
+    except (OSError, ValueError) as err:
+        print(f"eval_results: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats, indent=1) if args.json else format_table(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
