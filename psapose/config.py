@@ -11,14 +11,24 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import nn
 
-__all__ = ["CONFIG_DIR", "ConfigError", "build_model", "compose_config", "input_size"]
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "build_model",
+    "compose_config",
+    "input_size",
+    "validate_config",
+]
 
 CONFIG_DIR = Path(
     os.environ.get("PSAPOSE_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
@@ -92,3 +102,151 @@ def input_size(cfg: DictConfig) -> tuple[int, int]:
         # HRNet's lowest branch is at 1/32; other sizes break the fusion's exact 2x upsampling.
         raise ConfigError(f"input_size {list(size)}: height and width must be multiples of 32")
     return int(size[0]), int(size[1])
+
+
+# ----------------------------------------------------------------------------- typed schema
+# Everything but the `_target_` nodes (model, attention, codec: checked against their
+# constructors) is checked against these dataclasses at start: an unknown key or a
+# value of the wrong type stops with its full key named.
+
+
+@dataclass
+class _Augment:
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8
+    half_body_padding: float = 1.5
+    scale_factor: float = 0.35
+    rotation_factor: float = 45.0
+    rotation_prob: float = 0.6
+    shift_factor: float = 0.0
+    shift_prob: float = 0.0
+
+
+@dataclass
+class _Split:
+    ann_file: str = MISSING
+    image_dir: str = MISSING
+    det_file: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)
+    use_gt_boxes: bool = False
+    det_score_threshold: float = 0.0
+
+
+@dataclass
+class _Data:
+    root: str = MISSING
+    keypoints: str = "coco"
+    color: str = "rgb"
+    box_padding: float = 1.25
+    category_id: Optional[int] = None  # noqa: UP045
+    train: _Split = field(default_factory=_Split)
+    val: _Split = field(default_factory=_Split)
+    test_dev: _Split = field(default_factory=_Split)
+    augment: _Augment = field(default_factory=_Augment)
+    generate: Optional[dict[str, Any]] = None  # noqa: UP045
+
+
+@dataclass
+class _Schedule:
+    epochs: int = 210
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    milestones: list[int] = field(default_factory=lambda: [170, 200])
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    grad_clip: Optional[float] = None  # noqa: UP045
+
+
+@dataclass
+class _Eval:
+    split: str = "val"
+    interval: int = 1
+    flip_test: bool = True
+    batch_size: int = 64
+    nms: str = "oks"
+    nms_threshold: float = 0.9
+    rescore_threshold: float = 0.2
+    images: int = 8
+
+
+@dataclass
+class _Run:
+    name: str = "psapose"
+    num_keypoints: int = 17
+    input_size: list[int] = field(default_factory=lambda: [256, 192])
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    deterministic: bool = False
+    workers: int = 2
+    log_interval: int = 20
+    pretrained: Optional[str] = None  # noqa: UP045
+    resume: Optional[str] = None  # noqa: UP045
+    checkpoint: Optional[str] = None  # noqa: UP045
+    output_dir: Optional[str] = None  # noqa: UP045
+    data: _Data = field(default_factory=_Data)
+    schedule: _Schedule = field(default_factory=_Schedule)
+    eval: _Eval = field(default_factory=_Eval)
+
+
+_TARGET_NODES = ("model", "attention", "codec")
+_CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "data.color": ("rgb", "bgr"),
+    "schedule.optimizer": ("adam", "adamw", "sgd"),
+    "eval.split": ("val", "test-dev"),
+    "eval.nms": ("oks", "soft", "none"),
+}
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Check a composed config against the schema; returns the typed config.
+
+    Unknown keys, wrong types and values outside their choices raise
+    :class:`ConfigError` naming the full key and what is allowed.
+    """
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in _TARGET_NODES and k != "hydra"])
+    schema = OmegaConf.structured(_Run)
+    try:
+        typed = OmegaConf.merge(schema, plain)
+    except ConfigKeyError as err:
+        node = str(err.full_key).rsplit(".", 1)[0] if "." in str(err.full_key) else ""
+        parent = OmegaConf.select(schema, node) if node else schema
+        allowed = ", ".join(str(k) for k in parent) if OmegaConf.is_dict(parent) else ""
+        raise ConfigError(f"unknown key {err.full_key!s}; allowed here: {allowed}") from None
+    except ValidationError as err:
+        raise ConfigError(f"{err.full_key}: {str(err.msg).splitlines()[0]}") from None
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(typed, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}; allowed: {', '.join(allowed)}")
+    checks = {
+        "schedule.epochs": typed.schedule.epochs >= 1,
+        "schedule.batch_size": typed.schedule.batch_size >= 1,
+        "schedule.lr": typed.schedule.lr > 0,
+        "schedule.warmup_ratio": 0 < typed.schedule.warmup_ratio <= 1,
+        "eval.batch_size": typed.eval.batch_size >= 1,
+        "eval.interval": typed.eval.interval >= 0,
+        "workers": typed.workers >= 0,
+        "data.box_padding": typed.data.box_padding > 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(typed, key)!r} is out of range")
+    if sorted(typed.schedule.milestones) != list(typed.schedule.milestones):
+        raise ConfigError(
+            f"schedule.milestones must increase, got {list(typed.schedule.milestones)}"
+        )
+    input_size(typed)
+    for node in _TARGET_NODES:
+        if node in cfg and OmegaConf.is_dict(cfg[node]) and "_target_" in cfg[node]:
+            _check_target_keys(cfg[node], node)
+    return typed

@@ -95,6 +95,8 @@ class Instances:
     areas: np.ndarray
     ann_ids: np.ndarray
     skipped: dict[str, int] = field(default_factory=dict)
+    ann_file: str = ""  # the file listing the images (and, for evaluation, the ground truth)
+    has_annotations: bool = False  # whether ann_file holds keypoint annotations to score against
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -238,6 +240,8 @@ def load_coco_annotations(
         areas=np.asarray(rows["area"], dtype=np.float64),
         ann_ids=np.asarray(rows["id"], dtype=np.int64),
         skipped=skipped,
+        ann_file=source,
+        has_annotations=True,
     )
 
 
@@ -316,6 +320,8 @@ def load_detections(
         areas=boxes[:, 2] * boxes[:, 3],
         ann_ids=np.full(n, -1, dtype=np.int64),
         skipped=skipped,
+        ann_file=str(image_file),
+        has_annotations=isinstance(info.get("annotations"), list) and bool(info["annotations"]),
     )
 
 

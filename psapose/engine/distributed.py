@@ -1,0 +1,69 @@
+"""torchrun / DDP helpers: one process per device, set up from the launcher's environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "all_gather_objects", "barrier", "cleanup", "setup_distributed"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[DistInfo, torch.device]:
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1).
+
+    NCCL on CUDA, gloo on the CPU; each process takes ``cuda:LOCAL_RANK``.
+    Multi-node runs need only torchrun's usual ``--nnodes/--node-rank/--rdzv-*`` flags.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but no CUDA device is available (use device=cpu)")
+        dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank, local, world), dev
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj`` (a list of one element without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,160 @@
+"""Top-down inference over a dataset: model -> flip test -> decode -> image keypoints -> COCO AP."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from psapose.codecs import average_flip
+from psapose.data.coco import TopDownDataset
+from psapose.data.normalize import normalize_images
+from psapose.data.transforms import crop_to_image
+from psapose.engine.distributed import all_gather_objects
+from psapose.engine.sampler import EpochSampler
+
+__all__ = ["Predictions", "autocast", "evaluate_predictions", "predict", "predict_heatmaps"]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 / fp16 autocast on the device, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Predictions:
+    """Per person crop: keypoints in image pixels and what the results need."""
+
+    index: np.ndarray  # (N,) dataset row
+    keypoints: np.ndarray  # (N, K, 2) image pixels
+    scores: np.ndarray  # (N, K)
+    image_ids: np.ndarray  # (N,)
+    box_scores: np.ndarray  # (N,)
+    areas: np.ndarray  # (N,) padded crop area, HRNet's OKS-NMS area
+
+    @classmethod
+    def concatenate(cls, parts: list[Predictions]) -> Predictions:
+        fields = {
+            k: np.concatenate([getattr(p, k) for p in parts]) for k in cls.__dataclass_fields__
+        }
+        # Drop the padding repeats of distributed evaluation, keep dataset order.
+        _, first = np.unique(fields["index"], return_index=True)
+        return cls(**{k: v[first] for k, v in fields.items()})
+
+
+def predict_heatmaps(
+    model: nn.Module,
+    images: Tensor,
+    codec: Any,
+    flip_indices: np.ndarray | None,
+    precision: str = "fp32",
+) -> Tensor:
+    """Heatmaps of a normalised batch, averaged with the flipped image's when ``flip_indices`` is set."""
+    with autocast(images.device, precision):
+        heatmaps = model(images).float()
+        if flip_indices is not None:
+            flipped = model(images.flip(-1)).float()
+            heatmaps = average_flip(heatmaps, flipped, flip_indices, codec)
+    return heatmaps
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: TopDownDataset,
+    codec: Any,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    flip_test: bool = True,
+    precision: str = "fp32",
+    channels_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Any = None,
+) -> Predictions:
+    """Keypoints of every crop of ``dataset`` in image pixels (gathered on every rank)."""
+    was_training = model.training
+    model.eval()
+    sampler = EpochSampler(
+        len(dataset), batch_size, shuffle=False, rank=rank, world_size=world_size, drop_last=False
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    flip_indices = dataset.spec.flip_indices if flip_test else None
+    parts = []
+    for batch in _progress(loader, progress):
+        images = normalize_images(batch["image"], device=device, channels_last=channels_last)
+        heatmaps = predict_heatmaps(model, images, codec, flip_indices, precision)
+        keypoints, scores = codec.decode(heatmaps)
+        center, scale = batch["center"].numpy(), batch["scale"].numpy()
+        image_kps = crop_to_image(
+            keypoints.double().cpu().numpy(), center, scale, dataset.input_size, dataset.udp
+        )
+        parts.append(
+            Predictions(
+                index=batch["index"].numpy(),
+                keypoints=image_kps,
+                scores=scores.float().cpu().numpy(),
+                image_ids=batch["image_id"].numpy(),
+                box_scores=batch["score"].numpy().astype(np.float64),
+                areas=scale[:, 0] * scale[:, 1],
+            )
+        )
+    model.train(was_training)
+    local = Predictions.concatenate(parts)
+    gathered = all_gather_objects(local)
+    return Predictions.concatenate(gathered) if len(gathered) > 1 else local
+
+
+def _progress(loader: DataLoader, progress: Any) -> Iterator[dict]:
+    if progress is None:
+        yield from loader
+        return
+    bar = progress(len(loader), "eval")
+    for batch in loader:
+        yield batch
+        bar.update(len(batch["index"]))
+    bar.close()
+
+
+def evaluate_predictions(
+    predictions: Predictions,
+    dataset: TopDownDataset,
+    nms: str = "oks",
+    nms_threshold: float = 0.9,
+    rescore_threshold: float = 0.2,
+) -> tuple[list[dict], dict[str, float] | None]:
+    """COCO results after rescoring and OKS-NMS, and the AP table when the split has keypoints."""
+    from psapose.evaluation import evaluate_keypoints, keypoint_results
+
+    spec = dataset.spec
+    results = keypoint_results(
+        predictions.image_ids,
+        predictions.keypoints,
+        predictions.scores,
+        predictions.box_scores,
+        predictions.areas,
+        spec.sigmas_array,
+        nms=nms,
+        nms_threshold=nms_threshold,
+        rescore_threshold=rescore_threshold,
+    )
+    stats = None
+    if dataset.instances.has_annotations:
+        stats = evaluate_keypoints(dataset.instances.ann_file, results, sigmas=spec.sigmas_array)
+    return results, stats

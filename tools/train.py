@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Train (and evaluate) a pose model from the Hydra config.
+
+    python tools/train.py                                               # quick-start defaults
+    python tools/train.py experiment=udp_psa_w48_256x192 data.root=data/coco
+    python tools/train.py model=hrnet_w32 attention=psa_sequential codec=udp
+    torchrun --nproc_per_node 8 tools/train.py experiment=hrnet_w32_psa_p_256x192 data.root=data/coco
+    python tools/train.py ... resume=auto hydra.run.dir=runs/my_run     # continue a run
+
+The run directory (Hydra's, or ``output_dir=``) receives the resolved config,
+checkpoints, TensorBoard logs and a PNG of predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from psapose.config import ConfigError  # noqa: E402
+from psapose.engine.distributed import cleanup  # noqa: E402
+from psapose.engine.trainer import Trainer  # noqa: E402
+from psapose.evaluation import format_table  # noqa: E402
+
+log = logging.getLogger("train")
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> float:
+    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    try:
+        trainer = Trainer(cfg, output_dir)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        raise SystemExit(2) from None
+    try:
+        result = trainer.fit()
+    finally:
+        cleanup()
+    if trainer.dist.is_main:
+        if result["stats"]:
+            log.info("final %s AP table:\n%s", cfg.eval.split, format_table(result["stats"]))
+        log.info(
+            "done in %.0f s; best AP %.4f; run directory %s",
+            result["seconds"], result["best_ap"], output_dir,
+        )  # fmt: skip
+    return float(result["best_ap"])
+
+
+if __name__ == "__main__":
+    main()
