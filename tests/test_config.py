@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from psapose.config import ConfigError, build_model, compose_config, input_size
+from psapose.config import (
+    CONFIG_DIR,
+    ConfigError,
+    build_model,
+    compose_config,
+    input_size,
+    validate_config,
+)
 from psapose.models import AttentionSpec, PoseHRNet, PoseResNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +88,47 @@ def test_quickstart_script_runs(tmp_path) -> None:
         == f"{sum(p.numel() for p in build_model(compose_config()).parameters()):,}"
     )
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_preset_composes_validates_and_builds(name):
+    from psapose.engine.trainer import prepare_config
+
+    cfg, spec, codec = prepare_config(compose_config([f"experiment={name}"]))
+    assert cfg.name == (name if name == "quickstart" else cfg.name) and spec.num_keypoints == 17
+    assert codec.input_size == tuple(cfg.input_size)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    out = model(torch.empty(1, 3, *cfg.input_size, device="meta"))
+    assert out.shape[1] == 17 * codec.channels_per_keypoint
+
+
+def test_paper_rows_pick_their_switches():
+    cfg = validate_config(compose_config(["experiment=udp_psa_w48_384x288"]))
+    full = compose_config(["experiment=udp_psa_w48_384x288"])
+    assert list(cfg.input_size) == [384, 288] and full.model.width == 48
+    assert full.codec._target_.endswith("UDPHeatmap") and full.attention.layout == "parallel"
+    assert cfg.data.augment.rotation_factor == 40.0 and cfg.schedule.milestones == [170, 200]
+    full = compose_config(["experiment=simplebaseline_r152_psa_s_256x192"])
+    assert full.model.depth == 152 and full.attention.layout == "sequential"
+    assert full.codec._target_.endswith("MSRAHeatmap")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+schedule.lrr=1", "unknown key schedule.lrr; allowed here: epochs"),
+        ("schedule.epochs=many", "schedule.epochs: Value 'many'"),
+        ("precision=fp8", "precision='fp8'; allowed: fp32, bf16, fp16"),
+        ("eval.nms=greedy", "eval.nms='greedy'; allowed: oks, soft, none"),
+        ("schedule.milestones=[200,170]", "schedule.milestones must increase"),
+        ("input_size=[250,192]", "multiples of 32"),
+        ("+data.augment.flipp=0.5", "unknown key data.augment.flipp"),
+    ],
+)
+def test_bad_values_stop_with_the_key_named(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(compose_config([override]))

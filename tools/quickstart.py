@@ -1,77 +1,75 @@
 #!/usr/bin/env python
-"""Quick start: build the configured model, run it, and print its size and cost.
+"""Quick start: train the small HRNet + PSA on the synthetic dataset on the CPU, then evaluate.
 
-    python tools/quickstart.py                                  # the default (small HRNet + PSA)
-    python tools/quickstart.py model=hrnet_w32 attention=psa_sequential input_size=[384,288]
+    python tools/quickstart.py                        # what `make quickstart` runs
+    python tools/quickstart.py schedule.epochs=5      # any config override
 
-Runs one forward and backward pass on a random batch and prints, per part of
-the network, parameters and GFLOPs (paper convention) plus the totals.
+Writes the synthetic dataset to data/synthetic on first use. Trains the
+`experiment=quickstart` preset, evaluates on the synthetic val split (detector
+boxes, flip test, OKS-NMS), and prints the AP table. The run directory in
+runs/ receives the checkpoints, TensorBoard logs and predictions.png.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections import defaultdict
+from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from psapose.config import build_model, input_size
-from psapose.models import attention_blocks
-from psapose.models.complexity import paper_convention_macs_by_part, true_macs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from psapose.config import ConfigError, input_size  # noqa: E402
+from psapose.data.builder import ensure_generated  # noqa: E402
+from psapose.engine.trainer import Trainer  # noqa: E402
+from psapose.evaluation import format_table  # noqa: E402
+from psapose.models import attention_blocks  # noqa: E402
+from psapose.models.complexity import count_parameters, paper_convention_macs  # noqa: E402
 
 log = logging.getLogger("quickstart")
-
-
-def per_part_table(model: torch.nn.Module, size: tuple[int, int]) -> list[tuple[str, int, float]]:
-    """(top-level part, parameters, paper-convention GFLOPs) for each part of the model that has weights."""
-    params: dict[str, int] = defaultdict(int)
-    for name, p in model.named_parameters():
-        params[name.split(".", 1)[0]] += p.numel()
-    macs = paper_convention_macs_by_part(model, size)
-    return [(name, params[name], macs.get(name, 0) / 2**30) for name in params]
+START = time.perf_counter()
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    size = input_size(cfg)
-    log.info("resolved config in %s/.hydra/config.yaml", HydraConfig.get().runtime.output_dir)
-    model = build_model(cfg)
-    num_attention = len(attention_blocks(model))
-
-    images = torch.randn(2, 3, *size)
-    model.train()
-    start = time.perf_counter()
-    heatmaps = model(images)
-    heatmaps.square().mean().backward()
-    step_time = time.perf_counter() - start
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    finite = all(torch.isfinite(g).all() for g in grads)
-
-    parts = per_part_table(model, size)  # one counting pass; the totals are its sums
-    print(
-        f"\n{type(model).__name__} ({cfg.model._target_}), attention {model.attention}, placement {model.attention_blocks}"
-    )
-    print(
-        f"input {list(images.shape)} -> heatmaps {list(heatmaps.shape)}; {num_attention} attention blocks"
-    )
-    print(
-        f"forward+backward on the CPU: {step_time * 1000:.0f} ms for a batch of 2; gradients finite: {finite}\n"
-    )
-    print(f"{'part':<14} {'parameters':>12} {'GFLOPs':>8}")
-    print("-" * 36)
-    for name, n_params, gflops in parts:
-        print(f"{name:<14} {n_params:>12,} {gflops:>8.3f}")
-    print("-" * 36)
-    print(f"{'total':<14} {sum(p[1] for p in parts):>12,} {sum(p[2] for p in parts):>8.3f}")
-    print(f"\nGFLOPs: convolution multiply-adds / 2^30 (the paper's convention); "
-          f"all multiply-adds: {true_macs(model, size) / 1e9:.3f} G")  # fmt: skip
-    if not finite:
-        raise SystemExit("non-finite gradients")
+    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    generated = ensure_generated(cfg.data)
+    if generated:
+        log.info("synthetic dataset written to %s in %.1f s", cfg.data.root, generated["seconds"])
+    try:
+        trainer = Trainer(cfg, output_dir)
+    except ConfigError as err:
+        log.error("config error: %s", err)
+        raise SystemExit(2) from None
+    model = trainer.raw_model
+    size = input_size(trainer.cfg)
+    log.info(
+        "model %s + %s: %s parameters, %.3f GFLOPs at %dx%d, attention in %d blocks; "
+        "%d training people, %d val boxes, %d epochs",
+        type(model).__name__, trainer.cfg.attention.kind if "kind" in trainer.cfg.attention else "",
+        f"{count_parameters(model):,}", paper_convention_macs(model, size) / 2**30, *size,
+        len(attention_blocks(model)), len(trainer.train_set),
+        len(trainer.val_set) if trainer.val_set is not None else 0, trainer.cfg.schedule.epochs,
+    )  # fmt: skip
+    result = trainer.fit()
+    stats = result["stats"]
+    wall = time.perf_counter() - START
+    if stats:
+        print(f"\nsynthetic val AP ({cfg.eval.split}, detector boxes, flip test):")
+        print(format_table(stats))
+    print(f"\ntrained and evaluated in {wall:.0f} s (training {result['seconds']:.0f} s)")
+    print(f"run directory: {output_dir}")
+    print(f"  predictions: {output_dir / 'predictions.png'}")
+    print(f"  checkpoints: {output_dir / 'checkpoints'}")
+    print(f"  TensorBoard: tensorboard --logdir {output_dir / 'tb'}")
 
 
 if __name__ == "__main__":
+    # The quick-start preset unless the command line picks another experiment.
+    if not any(arg.startswith(("experiment=", "+experiment=")) for arg in sys.argv[1:]):
+        sys.argv.insert(1, "experiment=quickstart")
     main()

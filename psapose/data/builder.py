@@ -11,7 +11,14 @@ from psapose.data.coco import Instances, TopDownDataset, load_coco_annotations, 
 from psapose.data.keypoint_spec import KeypointSpec, load_keypoint_spec
 from psapose.data.transforms import Augmentation
 
-__all__ = ["SPLITS", "build_dataset", "build_keypoint_spec", "load_split", "split_path"]
+__all__ = [
+    "SPLITS",
+    "build_dataset",
+    "build_keypoint_spec",
+    "ensure_generated",
+    "load_split",
+    "split_path",
+]
 
 SPLITS = ("train", "val", "test-dev")
 
@@ -96,3 +103,18 @@ def build_dataset(
     return TopDownDataset(
         instances, spec, input_size, codec=codec, augment=aug, color=str(data_cfg.color), seed=seed
     )
+
+
+def ensure_generated(data_cfg: DictConfig) -> dict | None:
+    """Write the synthetic dataset under ``data.root`` when ``data.generate`` is set and
+    the training annotations are missing; returns the generator's summary (None if present)."""
+    spec = data_cfg.get("generate")
+    if not spec:
+        return None
+    ann = split_path(data_cfg, "train", "ann_file")
+    if ann is not None and ann.is_file():
+        return None
+    from psapose.data.synthetic import generate_synthetic_coco
+
+    options = OmegaConf.to_container(spec, resolve=True)
+    return generate_synthetic_coco(Path(str(data_cfg.root)).expanduser(), workers=2, **options)

@@ -327,8 +327,45 @@ def _random_colour(
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float64)
 
 
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard the scenes are: people per image, truncation, close-ups, sizes, overlap, occluders."""
+
+    people_probs: tuple[float, ...]  # P(1 person), P(2), ...
+    truncate_prob: float  # extra people cut by the image border (20-80% outside)
+    closeup_prob: float  # main person larger than the image, cut at the bottom
+    main_size: tuple[float, float]  # main person's height / image height
+    other_size: tuple[float, float]  # others: lo + (hi - lo) * u^1.3
+    overlap_prob: float  # placed next to someone already placed, overlapping
+    occluder_probs: tuple[float, ...]  # P(0 occluders), P(1), ...
+
+
+DIFFICULTIES = {
+    # Everything COCO-like: crowds of up to 4, truncation, close-ups, small people, occluders.
+    "standard": Difficulty(
+        (0.35, 0.3, 0.2, 0.15), 0.3, 0.12, (0.45, 0.95), (0.25, 0.95), 0.4, (0.45, 0.4, 0.15)
+    ),
+    # The quick start's: 1-3 larger people inside the image, fewer overlaps and occluders.
+    "easy": Difficulty(
+        (0.55, 0.35, 0.1), 0.0, 0.0, (0.55, 0.95), (0.45, 0.9), 0.15, (0.7, 0.25, 0.05)
+    ),
+}
+
+
+def difficulty_preset(name: str) -> Difficulty:
+    if name not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {name!r}")
+    return DIFFICULTIES[name]
+
+
 def _build_person(
-    rng: np.random.Generator, H: int, W: int, main: bool, placed: list[_Person], light: np.ndarray
+    rng: np.random.Generator,
+    H: int,
+    W: int,
+    main: bool,
+    placed: list[_Person],
+    light: np.ndarray,
+    level: Difficulty = DIFFICULTIES["standard"],
 ) -> _Person:
     """Sample a person (body, pose, view, size, place, clothes) and list its parts to draw."""
     u = lambda lo, hi: _uniform(rng, lo, hi)  # noqa: E731
@@ -405,11 +442,12 @@ def _build_person(
 
     # Size and place: ``scale`` pixels per body unit; some people cross the image border
     # and some main people are close-ups cut at the bottom edge (upper body only).
-    closeup = main and rng.random() < 0.12
+    closeup = main and rng.random() < level.closeup_prob
     if closeup:
         frac = u(0.9, 1.5)
     else:
-        frac = u(0.45, 0.95) if main else 0.25 + 0.7 * float(rng.random()) ** 1.3
+        lo, hi = level.other_size
+        frac = u(*level.main_size) if main else lo + (hi - lo) * float(rng.random()) ** 1.3
     scale = frac * H / standing
     cam_kp = kp3 @ view.T
     cam_pts = {k: view @ v for k, v in pts.items()}
@@ -419,7 +457,7 @@ def _build_person(
     lo = np.minimum(xy.min(0), top)
     hi = xy.max(0) + np.array([0.03, 0.03]) * scale
     size = hi - lo
-    truncated = (not main) and rng.random() < 0.3
+    truncated = (not main) and rng.random() < level.truncate_prob
     cut_axis = int(rng.integers(2)) if truncated else -1
     centre = np.empty(2)
     for ax, extent in ((0, W), (1, H)):
@@ -431,7 +469,7 @@ def _build_person(
             centre[ax] = extent / 2 + u(-0.1, 0.1) * (size[ax] - extent)
     if closeup:
         centre[1] = u(0.0, 0.15) * H + size[1] / 2
-    if placed and not truncated and rng.random() < 0.4:
+    if placed and not truncated and rng.random() < level.overlap_prob:
         # Next to someone already placed, so that the two overlap.
         other = placed[int(rng.integers(len(placed)))]
         ocx = (other.box[0] + other.box[2]) / 2
@@ -925,7 +963,11 @@ def _segmentation(mask: np.ndarray) -> list[list[float]]:
 
 
 def render_synthetic_image(
-    seed: int, split: str, index: int, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE
+    seed: int,
+    split: str,
+    index: int,
+    image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
+    difficulty: str = "standard",
 ) -> SyntheticImage:
     """Render image ``index`` of ``split``: a pure function of its arguments.
 
@@ -942,16 +984,17 @@ def render_synthetic_image(
     la = rng.uniform(-np.pi * 0.85, -np.pi * 0.15)  # light from above, left or right
     light2 = np.array([np.cos(la), np.sin(la)])
     light3 = _unit(np.array([light2[0] * 0.7, light2[1] * 0.7, -0.75]))
-    count = int(rng.choice(4, p=[0.35, 0.3, 0.2, 0.15])) + 1
+    level = difficulty_preset(difficulty)
+    count = int(rng.choice(len(level.people_probs), p=list(level.people_probs))) + 1
     people: list[_Person] = []
     for i in range(count):
-        people.append(_build_person(rng, H, W, i == 0, people, light3))
+        people.append(_build_person(rng, H, W, i == 0, people, light3, level))
     # Back to front: people standing lower in the image are nearer.
     bottoms = np.array([p.box[3] for p in people]) + rng.normal(0, 0.05 * H, count)
     order = [int(i) for i in np.argsort(bottoms, kind="stable")]
     people = [people[i] for i in order]
 
-    n_occ = int(rng.choice(3, p=[0.45, 0.4, 0.15]))
+    n_occ = int(rng.choice(len(level.occluder_probs), p=list(level.occluder_probs)))
     occluders = []
     for j in range(n_occ):
         after = count if rng.random() < 0.75 else int(rng.integers(1, count + 1))
@@ -1060,9 +1103,9 @@ def _detections(
 
 
 def _render_and_write(args: tuple) -> tuple[dict, list[dict], int]:
-    seed, split, index, image_size, image_dir = args
+    seed, split, index, image_size, image_dir, difficulty = args
     cv2.setNumThreads(1)
-    r = render_synthetic_image(seed, split, index, image_size)
+    r = render_synthetic_image(seed, split, index, image_size, difficulty)
     path = Path(image_dir) / r.file_name
     if not cv2.imwrite(str(path), r.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
         raise OSError(f"could not write {path}")
@@ -1125,6 +1168,7 @@ def generate_synthetic_coco(
     seed: int = 0,
     image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
     *,
+    difficulty: str = "standard",
     force: bool = False,
     workers: int = 1,
 ) -> dict[str, Any]:
@@ -1153,6 +1197,7 @@ def generate_synthetic_coco(
             raise ValueError(f"{split}: image count {n} out of range [0, {_MAX_IMAGES}]")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    difficulty_preset(difficulty)  # fail before writing anything
     image_size = tuple(int(v) for v in image_size)
     if len(image_size) != 2 or min(image_size) < 32:
         raise ValueError(f"image_size must be (H, W) with both at least 32, got {image_size}")
@@ -1177,6 +1222,7 @@ def generate_synthetic_coco(
         "out_dir": str(out),
         "seed": int(seed),
         "image_size": list(image_size),
+        "difficulty": difficulty,
     }
     splits: dict[str, Any] = {}
     detections: list[dict] = []
@@ -1188,7 +1234,10 @@ def generate_synthetic_coco(
     try:
         for split in SPLITS:
             image_dir = out / "images" / split
-            jobs = [(int(seed), split, i, image_size, str(image_dir)) for i in range(counts[split])]
+            jobs = [
+                (int(seed), split, i, image_size, str(image_dir), difficulty)
+                for i in range(counts[split])
+            ]
             if pool is None:
                 results = [_render_and_write(job) for job in jobs]
             else:
@@ -1286,6 +1335,13 @@ byte-identical files.""",
         help="rendering processes; the output does not depend on it (default min(4, CPUs))",
     )
     parser.add_argument(
+        "--difficulty",
+        choices=sorted(DIFFICULTIES),
+        default="standard",
+        help="standard: up to 4 people, truncation, close-ups, occluders; easy: 1-3 larger "
+        "people inside the image (the quick start's)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="write into a non-empty OUT, replacing the dataset's JSON files and JPEGs",
@@ -1304,6 +1360,7 @@ byte-identical files.""",
             val_images=args.val_images,
             seed=args.seed,
             image_size=args.image_size,
+            difficulty=args.difficulty,
             force=args.force,
             workers=max(1, args.workers),
         )

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from psapose.checkpoint import CheckpointError, load_pretrained_backbone
 from psapose.config import build_model, input_size, validate_config
-from psapose.data.builder import build_dataset, build_keypoint_spec
+from psapose.data.builder import build_dataset, build_keypoint_spec, ensure_generated
 from psapose.data.coco import TopDownDataset
 from psapose.data.normalize import normalize_images
 from psapose.engine.distributed import DistInfo, barrier, setup_distributed  # noqa: F401
@@ -157,6 +157,11 @@ class Trainer:
         self.dist, self.device = setup_distributed(cfg.device)
         self.micro_batches = micro_batches  # one process emulating DDP shards (tests)
         seed_everything(cfg.seed, cfg.deterministic)
+        if self.dist.is_main:
+            generated = ensure_generated(cfg.data)
+            if generated:
+                log.info("generated the synthetic dataset in %s", cfg.data.root)
+        barrier()
         self.input_size = input_size(cfg)
         self.precision = cfg.precision
         if self.precision == "bf16" and self.device.type == "cpu":
