@@ -201,3 +201,19 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     ]
     worst = max((a[k] - b[k]).abs().max().item() for k in params)
     assert worst < 1e-5, worst
+
+
+@needs_coco_mini
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_train(tmp_path, precision):
+    cfg = compose_config(
+        _mini_overrides(tmp_path, precision=precision, **{"schedule.grad_clip": "1.0"})
+    )
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    batch = next(iter(trainer.loader))
+    losses = [trainer.train_step(batch) for _ in range(2)]
+    assert all(np.isfinite(losses))
+    after = trainer.raw_model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
