@@ -278,3 +278,19 @@ def test_cli(tmp_path):
         [sys.executable, "-m", "psapose.data.synthetic", "--help"], capture_output=True, text=True
     )
     assert helped.returncode == 0 and "--image-size" in helped.stdout and "--force" in helped.stdout
+
+
+def test_difficulty_presets_differ_and_bad_names_are_refused(tmp_path):
+    from psapose.data.synthetic import DIFFICULTIES, render_synthetic_image
+
+    people = {
+        name: [
+            render_synthetic_image(0, "train2017", i, (128, 160), name).people for i in range(40)
+        ]
+        for name in DIFFICULTIES
+    }
+    assert max(people["easy"]) <= 3 and max(people["standard"]) == 4
+    assert np.mean(people["easy"]) < np.mean(people["standard"])
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        generate_synthetic_coco(tmp_path / "x", images=1, difficulty="hardest")
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
