@@ -21,6 +21,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import nn
 
+from psapose.data.transforms import Augmentation
+
 __all__ = [
     "CONFIG_DIR",
     "ConfigError",
@@ -111,19 +113,6 @@ def input_size(cfg: DictConfig) -> tuple[int, int]:
 
 
 @dataclass
-class _Augment:
-    flip_prob: float = 0.5
-    half_body_prob: float = 0.3
-    half_body_min_joints: int = 8
-    half_body_padding: float = 1.5
-    scale_factor: float = 0.35
-    rotation_factor: float = 45.0
-    rotation_prob: float = 0.6
-    shift_factor: float = 0.0
-    shift_prob: float = 0.0
-
-
-@dataclass
 class _Split:
     ann_file: str = MISSING
     image_dir: str = MISSING
@@ -142,7 +131,7 @@ class _Data:
     train: _Split = field(default_factory=_Split)
     val: _Split = field(default_factory=_Split)
     test_dev: _Split = field(default_factory=_Split)
-    augment: _Augment = field(default_factory=_Augment)
+    augment: Augmentation = field(default_factory=Augmentation)
     generate: Optional[dict[str, Any]] = None  # noqa: UP045
 
 
@@ -215,6 +204,8 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     """
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in _TARGET_NODES and k != "hydra"])
     schema = OmegaConf.structured(_Run)
+    # Augmentation is a frozen dataclass, which OmegaConf makes a read-only node.
+    OmegaConf.set_readonly(schema.data.augment, False)
     try:
         typed = OmegaConf.merge(schema, plain)
     except ConfigKeyError as err:

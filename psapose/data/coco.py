@@ -159,6 +159,33 @@ def _number_list(value: Any, length: int, where: str) -> np.ndarray:
     return array
 
 
+def _instances(
+    source: str,
+    files: list[str],
+    image_of: dict[int, int],
+    sizes: list,
+    image_index: list[int],
+    boxes: Any,
+    aspect_ratio: float,
+    padding: float,
+    **rows: Any,
+) -> Instances:
+    """The image table and the boxes' crops, shared by both loaders; ``rows`` the per-person arrays."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(len(image_index), 4)
+    centers, scales = box_to_center_scale(boxes, aspect_ratio, padding)
+    return Instances(
+        source=source,
+        image_files=files,
+        image_ids=np.asarray(list(image_of), dtype=np.int64),
+        image_sizes=np.asarray(sizes, dtype=np.float64).reshape(-1, 2),
+        image_index=np.asarray(image_index, dtype=np.int64),
+        boxes=boxes,
+        centers=centers,
+        scales=scales,
+        **rows,
+    )
+
+
 def load_coco_annotations(
     ann_file: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -224,17 +251,8 @@ def load_coco_annotations(
         rows["area"].append(area)
         rows["id"].append(ann.get("id", -1))
     n = len(rows["image"])
-    boxes = np.asarray(rows["box"], dtype=np.float64).reshape(n, 4)
-    centers, scales = box_to_center_scale(boxes, aspect_ratio, padding)
-    return Instances(
-        source=source,
-        image_files=files,
-        image_ids=np.asarray(list(image_of), dtype=np.int64),
-        image_sizes=np.asarray(sizes, dtype=np.float64).reshape(-1, 2),
-        image_index=np.asarray(rows["image"], dtype=np.int64),
-        boxes=boxes,
-        centers=centers,
-        scales=scales,
+    return _instances(
+        source, files, image_of, sizes, rows["image"], rows["box"], aspect_ratio, padding,
         keypoints=np.asarray(rows["kps"], dtype=np.float32).reshape(n, num_keypoints, 3),
         scores=np.ones(n, dtype=np.float32),
         areas=np.asarray(rows["area"], dtype=np.float64),
@@ -242,7 +260,7 @@ def load_coco_annotations(
         skipped=skipped,
         ann_file=source,
         has_annotations=True,
-    )
+    )  # fmt: skip
 
 
 def load_detections(
@@ -305,16 +323,8 @@ def load_detections(
         rows["score"].append(score)
     n = len(rows["image"])
     boxes = np.asarray(rows["box"], dtype=np.float64).reshape(n, 4)
-    centers, scales = box_to_center_scale(boxes, aspect_ratio, padding)
-    return Instances(
-        source=source,
-        image_files=files,
-        image_ids=np.asarray(list(image_of), dtype=np.int64),
-        image_sizes=np.asarray(sizes, dtype=np.float64).reshape(-1, 2),
-        image_index=np.asarray(rows["image"], dtype=np.int64),
-        boxes=boxes,
-        centers=centers,
-        scales=scales,
+    return _instances(
+        source, files, image_of, sizes, rows["image"], boxes, aspect_ratio, padding,
         keypoints=np.zeros((n, num_keypoints, 3), dtype=np.float32),
         scores=np.asarray(rows["score"], dtype=np.float32),
         areas=boxes[:, 2] * boxes[:, 3],
@@ -322,7 +332,7 @@ def load_detections(
         skipped=skipped,
         ann_file=str(image_file),
         has_annotations=isinstance(info.get("annotations"), list) and bool(info["annotations"]),
-    )
+    )  # fmt: skip
 
 
 class TopDownDataset(Dataset):
