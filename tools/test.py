@@ -43,8 +43,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     dist, device = setup_distributed(cfg.device)
     size = input_size(cfg)
     split = cfg.eval.split
-    dataset = build_dataset(cfg.data, split, size, augment=False)
-    dataset.udp = codec.use_udp
+    dataset = build_dataset(cfg.data, split, size, augment=False, udp=codec.use_udp)
     if dist.is_main:
         log.info("%s: %s", split, dataset.instances.summary())
     model = build_model(cfg)

@@ -92,8 +92,13 @@ def build_dataset(
     codec: Any = None,
     seed: int = 0,
     augment: bool | None = None,
+    udp: bool | None = None,
 ) -> TopDownDataset:
-    """The dataset of a split; training augmentation by default only for ``train``."""
+    """The dataset of a split; training augmentation by default only for ``train``.
+
+    ``udp`` picks the crop convention (default: the codec's ``use_udp``); pass it when
+    targets are encoded elsewhere (per batch on the device) and ``codec`` is None.
+    """
     spec = build_keypoint_spec(data_cfg)
     instances = load_split(data_cfg, split, spec, input_size[1] / input_size[0])
     augment = split == "train" if augment is None else augment
@@ -101,7 +106,14 @@ def build_dataset(
     if augment:
         aug = Augmentation(**OmegaConf.to_container(data_cfg.augment, resolve=True))
     return TopDownDataset(
-        instances, spec, input_size, codec=codec, augment=aug, color=str(data_cfg.color), seed=seed
+        instances,
+        spec,
+        input_size,
+        codec=codec,
+        udp=udp,
+        augment=aug,
+        color=str(data_cfg.color),
+        seed=seed,
     )
 
 

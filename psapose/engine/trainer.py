@@ -32,13 +32,21 @@ from psapose.config import build_model, input_size, validate_config
 from psapose.data.builder import build_dataset, build_keypoint_spec, ensure_generated
 from psapose.data.coco import TopDownDataset
 from psapose.data.normalize import normalize_images
-from psapose.engine.distributed import DistInfo, barrier, setup_distributed  # noqa: F401
+from psapose.data.transforms import read_image
+from psapose.engine.distributed import barrier, setup_distributed
 from psapose.engine.inference import Predictions, autocast, evaluate_predictions, predict
 from psapose.engine.loss import build_loss
 from psapose.engine.sampler import EpochSampler
 from psapose.visualize import draw_poses, heatmap_image, image_grid
 
-__all__ = ["Progress", "Trainer", "atomic_save", "find_resume_checkpoint", "prepare_config"]
+__all__ = [
+    "Progress",
+    "Trainer",
+    "atomic_save",
+    "find_resume_checkpoint",
+    "prepare_config",
+    "seed_everything",
+]
 
 log = logging.getLogger("psapose")
 
@@ -166,8 +174,9 @@ class Trainer:
         self.precision = cfg.precision
         if self.precision == "bf16" and self.device.type == "cpu":
             log.info("bf16 autocast on the CPU")
-        self.train_set = build_dataset(cfg.data, "train", self.input_size, seed=cfg.seed)
-        self.train_set.udp = self.codec.use_udp
+        self.train_set = build_dataset(
+            cfg.data, "train", self.input_size, seed=cfg.seed, udp=self.codec.use_udp
+        )
         self.val_set = self._eval_dataset(cfg.eval.split)
         self.model = self._build_model()
         self.loss_fn = build_loss(
@@ -212,12 +221,12 @@ class Trainer:
     # ------------------------------------------------------------------ building
     def _eval_dataset(self, split: str) -> TopDownDataset | None:
         try:
-            ds = build_dataset(self.cfg.data, split, self.input_size, augment=False)
+            return build_dataset(
+                self.cfg.data, split, self.input_size, augment=False, udp=self.codec.use_udp
+            )
         except (OSError, ValueError) as err:
             log.warning("no %s evaluation: %s", split, err)
             return None
-        ds.udp = self.codec.use_udp
-        return ds
 
     def _build_model(self) -> nn.Module:
         model = build_model(self.cfg)
@@ -456,7 +465,7 @@ class Trainer:
             rows = preds.image_ids == image_id
             keep = preds.box_scores[rows] >= 0.3
             path = inst.image_files[id_to_index[image_id]]
-            image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+            image = read_image(path)
             drawn = draw_poses(
                 image, preds.keypoints[rows][keep], preds.scores[rows][keep], self.spec, 0.3
             )
@@ -465,6 +474,3 @@ class Trainer:
         cv2.imwrite(str(self.output_dir / "predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         if self.writer is not None:
             self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")
-
-
-__all__ += ["DistInfo", "seed_everything"]
