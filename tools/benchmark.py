@@ -164,13 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--json", action="store_true", help="print one JSON object")
+    data.set_defaults(run=bench_data, print_table=print_data)
+    # The model and eval parts live beside this file; each adds its own sub-command.
+    for module in _part_modules():
+        module.register(sub)
     args = parser.parse_args(argv)
-    result = bench_data(args)
+    result = args.run(args)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print_data(result)
+        args.print_table(result)
     return 0
+
+
+def _part_modules() -> list:
+    """``tools/bench_*.py`` modules, each with ``register(subparsers)`` setting ``run`` and ``print_table``."""
+    import importlib
+
+    tools = Path(__file__).resolve().parent
+    sys.path.insert(0, str(tools))
+    return [importlib.import_module(f.stem) for f in sorted(tools.glob("bench_*.py"))]
 
 
 if __name__ == "__main__":
