@@ -25,6 +25,8 @@ from torch import nn
 __all__ = [
     "CheckpointError",
     "LoadReport",
+    "UnsafeCheckpointError",
+    "load_checkpoint_file",
     "load_pose_checkpoint",
     "load_pretrained_backbone",
     "load_state_dict_file",
@@ -41,6 +43,13 @@ _URL_SCHEMES = ("http", "https", "file")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, is unsafe, or does not fit the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds pickled Python objects (code could run on load): refused."""
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def default_cache_dir() -> Path:
@@ -88,20 +97,37 @@ def load_state_dict_file(path_or_url: str | os.PathLike) -> dict[str, torch.Tens
     ``module.`` prefix left by (Distributed)DataParallel.
     """
     path = resolve_checkpoint(path_or_url)
+    return extract_state_dict(load_checkpoint_file(path), source=str(path))
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, with the failures told apart.
+
+    Raises :class:`UnsafeCheckpointError` when the file needs pickled code (a
+    custom class, ``functools.partial``, ...) and :class:`CheckpointError` when
+    it is missing, truncated or corrupt.
+    """
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
+        text = str(err)
+        unsafe = _UNSAFE_GLOBAL.search(text)
+        if unsafe is None and "Weights only load failed" not in text:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (corrupt pickle data): {err}"
+            ) from err
+        reason = f"it needs {unsafe.group(1)}" if unsafe else text.strip().splitlines()[0]
+        raise UnsafeCheckpointError(
             f"{path}: refused to load: the file holds pickled Python objects, not just tensors "
             f"({reason}). psapose loads checkpoints with weights_only=True only; re-save the "
             "weights in a trusted environment with torch.save(model.state_dict(), path)."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first_line}"
         ) from err
-    return extract_state_dict(obj, source=str(path))
 
 
 def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -4,6 +4,11 @@ Models are plain ``nn.Module`` classes named by ``_target_`` and built with
 Hydra's ``instantiate``. Before that, :func:`build_model` checks every key of
 the ``model`` node against the constructor's signature, so a misspelt key stops
 with its name and the allowed ones instead of a bare ``TypeError``.
+
+No config value is ever run as code: ``_target_`` may only name a callable
+under :data:`ALLOWED_TARGET_PREFIXES` (so a config cannot instantiate
+``os.system`` or ``builtins.eval``), checked before anything is imported, and
+no OmegaConf resolver that evaluates expressions is registered.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import nn
 from psapose.data.transforms import Augmentation
 
 __all__ = [
+    "ALLOWED_TARGET_PREFIXES",
     "CONFIG_DIR",
     "ConfigError",
     "build_model",
@@ -35,6 +41,10 @@ __all__ = [
 CONFIG_DIR = Path(
     os.environ.get("PSAPOSE_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs")
 )
+
+
+# Module prefixes a ``_target_`` may name: the project's own classes only.
+ALLOWED_TARGET_PREFIXES = ("psapose.",)
 
 
 class ConfigError(ValueError):
@@ -49,10 +59,35 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def check_targets_allowed(node: Any, full_key: str = "") -> None:
+    """Every ``_target_`` under ``node`` (dicts and lists, any depth) names an allowed callable.
+
+    Runs before any import or instantiation: a config can only build psapose classes.
+    """
+    if OmegaConf.is_dict(node):
+        items = [(str(k), node._get_node(k)) for k in node.keys()]  # no interpolation resolving
+    elif OmegaConf.is_list(node):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return
+    for key, child in items:
+        child_key = f"{full_key}.{key}" if full_key else key
+        if key in ("_target_", "_partial_target_"):
+            value = child._value() if hasattr(child, "_value") else child
+            if not (isinstance(value, str) and value.startswith(ALLOWED_TARGET_PREFIXES)):
+                raise ConfigError(
+                    f"{child_key}={value!r} is not allowed: _target_ must name a class under "
+                    f"{', '.join(ALLOWED_TARGET_PREFIXES)}"
+                )
+        elif OmegaConf.is_config(child):
+            check_targets_allowed(child, child_key)
+
+
 def _check_target_keys(node: DictConfig, full_key: str) -> None:
     target = node.get("_target_")
     if target is None:
         raise ConfigError(f"{full_key} has no _target_ naming the class to build")
+    check_targets_allowed(node, full_key)
     try:
         cls = get_class(target)
     except Exception as err:  # hydra raises a plain ImportError/ValueError mix here
@@ -133,6 +168,7 @@ class _Data:
     test_dev: _Split = field(default_factory=_Split)
     augment: Augmentation = field(default_factory=Augmentation)
     generate: Optional[dict[str, Any]] = None  # noqa: UP045
+    max_bad_fraction: float = 0.01  # unreadable training samples tolerated, as a fraction
 
 
 @dataclass
@@ -148,6 +184,7 @@ class _Schedule:
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     grad_clip: Optional[float] = None  # noqa: UP045
+    max_nonfinite_steps: int = 5  # consecutive NaN/inf losses skipped before the run stops
 
 
 @dataclass
@@ -228,6 +265,8 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         "eval.interval": typed.eval.interval >= 0,
         "workers": typed.workers >= 0,
         "data.box_padding": typed.data.box_padding > 0,
+        "data.max_bad_fraction": 0 <= typed.data.max_bad_fraction <= 1,
+        "schedule.max_nonfinite_steps": typed.schedule.max_nonfinite_steps >= 1,
     }
     for key, ok in checks.items():
         if not ok:
@@ -237,7 +276,24 @@ def validate_config(cfg: DictConfig) -> DictConfig:
             f"schedule.milestones must increase, got {list(typed.schedule.milestones)}"
         )
     input_size(typed)
+    check_targets_allowed(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     for node in _TARGET_NODES:
         if node in cfg and OmegaConf.is_dict(cfg[node]) and "_target_" in cfg[node]:
             _check_target_keys(cfg[node], node)
+    if "codec" in cfg and OmegaConf.is_dict(cfg.codec):
+        _check_codec_values(cfg.codec)
     return typed
+
+
+def _check_codec_values(node: DictConfig) -> None:
+    """Build the codec once so that an impossible value (``sigma <= 0``) stops at start, named."""
+    try:
+        instantiate(node)
+    except Exception as err:
+        cause = err.__cause__ or err
+        message = str(cause)
+        # The codecs name the argument first ("sigma must be ..."): give its full key.
+        name = message.split(" ", 1)[0]
+        if name in node:
+            raise ConfigError(f"codec.{message}") from None
+        raise ConfigError(f"codec ({node.get('_target_')}): {message}") from None

@@ -9,6 +9,16 @@
 
 The run directory (Hydra's, or ``output_dir=``) receives the resolved config,
 checkpoints, TensorBoard logs and a PNG of predictions.
+
+Exit codes (docs/reliability.md):
+
+* 0: trained to the end;
+* 2: bad input found at start (config key or value, keypoint YAML, annotation
+  file, unusable or unsafe resume checkpoint), named in the log;
+* 3: stopped by a guard during training (too many unreadable images, too many
+  non-finite losses in a row); the last good checkpoint is kept;
+* 128 + N (143 for SIGTERM, 130 for SIGINT): stopped by signal N after writing
+  a resumable ``checkpoints/latest.pth``; run again with ``resume=auto``.
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psapose.checkpoint import CheckpointError  # noqa: E402
 from psapose.config import ConfigError  # noqa: E402
+from psapose.data.coco import AnnotationError  # noqa: E402
+from psapose.data.keypoint_spec import KeypointSpecError  # noqa: E402
 from psapose.engine.distributed import cleanup  # noqa: E402
-from psapose.engine.trainer import Trainer  # noqa: E402
+from psapose.engine.trainer import Trainer, TrainingError, TrainingInterrupted  # noqa: E402
 from psapose.evaluation import format_table  # noqa: E402
 
 log = logging.getLogger("train")
@@ -39,8 +52,18 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         log.error("config error: %s", err)
         raise SystemExit(2) from None
+    except (AnnotationError, KeypointSpecError, CheckpointError) as err:
+        log.error("cannot start: %s", err)
+        raise SystemExit(2) from None
     try:
         result = trainer.fit()
+    except TrainingInterrupted as stop:
+        # Not 0: a scheduler must not take a pre-empted run for a finished one.
+        log.warning("%s", stop)
+        raise SystemExit(stop.exit_code) from None
+    except TrainingError as err:
+        log.error("training stopped: %s", err)
+        raise SystemExit(3) from None
     finally:
         cleanup()
     if trainer.dist.is_main:

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from psapose.data.keypoint_spec import KeypointSpec
 from psapose.data.transforms import (
     Augmentation,
+    ImageReadError,
     affine_matrix,
     apply_affine,
     box_to_center_scale,
@@ -41,6 +42,7 @@ from psapose.data.transforms import (
 
 __all__ = [
     "AnnotationError",
+    "AnnotationFileNotFound",
     "Instances",
     "TopDownDataset",
     "load_coco_annotations",
@@ -53,11 +55,15 @@ class AnnotationError(ValueError):
     """An annotation or detection file that cannot be used, with the file, record and field named."""
 
 
+class AnnotationFileNotFound(AnnotationError):
+    """The annotation or detection file does not exist (an optional split may lack one)."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a missing or invalid file raises :class:`AnnotationError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"{path}: file not found")
+        raise AnnotationFileNotFound(f"{path}: file not found")
     try:
         with path.open("rb") as f:
             return json.load(f)
@@ -236,12 +242,18 @@ def load_coco_annotations(
         x, y, w, h = _number_list(ann["bbox"], 4, f"{where}: field 'bbox'")
         if w < 0 or h < 0:
             raise AnnotationError(f"{where}: field 'bbox' has a negative size ({w}, {h})")
+        if w == 0 or h == 0:
+            # A labelled person needs a box to crop: a zero-size one is a labelling error.
+            raise AnnotationError(f"{where}: field 'bbox' has zero area ({w}, {h})")
         img = image_of[ann["image_id"]]
         width, height = sizes[img]
         x1, y1 = max(0.0, x), max(0.0, y)
         x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
         y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-        area = float(ann.get("area", w * h))
+        if "area" in ann:
+            area = float(_number_list([ann["area"]], 1, f"{where}: field 'area'")[0])
+        else:
+            area = float(w * h)
         if not (area > 0 and x2 >= x1 and y2 >= y1):
             skipped["empty box"] += 1
             continue
@@ -346,7 +358,12 @@ class TopDownDataset(Dataset):
       (1 where labelled), already swapped left/right for flipped samples;
     * ``center``, ``scale`` (2,) float64, ``rotation``, ``flipped``: the crop;
     * ``image_id``, ``score``, ``area``, ``index``: for evaluation;
-    * ``target``, ``target_weight``: the codec's targets when a codec is given.
+    * ``target``, ``target_weight``: the codec's targets when a codec is given;
+    * ``valid`` and ``error``: False and the reason (path included) when the image
+      cannot be read (missing, empty, truncated, not an image). Such a sample is a
+      same-shaped placeholder (zero image, no visible keypoint), so one bad file
+      neither kills a DataLoader worker nor changes the batch shape; the trainer
+      gives it zero loss weight and counts it, evaluation drops it.
 
     Augmentation randomness depends only on ``(seed, epoch, index)``, never on
     worker scheduling: the same sample is the same on any number of workers and
@@ -439,9 +456,34 @@ class TopDownDataset(Dataset):
             "index": int(index),
         }
 
+    def placeholder(self, index: int, error: str) -> dict[str, Any]:
+        """A sample of the usual shapes standing in for one whose image cannot be read."""
+        inst = self.instances
+        height, width = self.input_size
+        center, scale = inst.centers[index], inst.scales[index]
+        return {
+            "image": np.zeros((height, width, 3), dtype=np.uint8),
+            "keypoints": np.zeros((self.spec.num_keypoints, 2), dtype=np.float32),
+            "visible": np.zeros(self.spec.num_keypoints, dtype=np.float32),
+            "center": np.asarray(center, dtype=np.float64),
+            "scale": np.asarray(scale, dtype=np.float64),
+            "rotation": 0.0,
+            "flipped": False,
+            "matrix": affine_matrix(center, scale, 0.0, self.input_size, self.udp),
+            "image_id": int(inst.image_ids[inst.image_index[index]]),
+            "score": float(inst.scores[index]),
+            "area": float(inst.areas[index]),
+            "index": int(index),
+            "valid": False,
+            "error": error,
+        }
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        sample = self.crop(int(index), int(epoch))
+        try:
+            sample = self.crop(int(index), int(epoch))
+        except ImageReadError as err:
+            sample = self.placeholder(int(index), str(err))
         out = {
             "image": torch.from_numpy(sample["image"]),
             "keypoints": torch.from_numpy(sample["keypoints"]),
@@ -454,6 +496,8 @@ class TopDownDataset(Dataset):
             "score": sample["score"],
             "area": sample["area"],
             "index": sample["index"],
+            "valid": sample.get("valid", True),
+            "error": sample.get("error", ""),
         }
         if self.codec is not None:
             target, weight = self.codec.encode(out["keypoints"], out["visible"])

@@ -54,23 +54,54 @@ class ImageReadError(OSError):
         self.reason = reason
 
 
+# Bytes searched for the end-of-image marker: encoders may pad or append a short
+# trailer after it, and a truncated file ends before it.
+_END_MARKER_WINDOW = 1024
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+
+
+def _truncation_reason(data: bytes | np.ndarray) -> str | None:
+    """Why a JPEG or PNG file looks cut short, or None.
+
+    OpenCV decodes a truncated JPEG (and some truncated PNGs) without an error,
+    filling the missing rows with grey, so the end-of-image marker is checked
+    first: JPEG's EOI (FFD9) and PNG's IEND chunk.
+    """
+    head = bytes(data[:8])
+    tail = bytes(data[-_END_MARKER_WINDOW:])
+    if head.startswith(_JPEG_START) and _JPEG_END not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    if head.startswith(_PNG_START) and _PNG_END not in tail:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
 def read_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
     """Decode an image file to ``uint8`` HxWx3 (grayscale becomes 3 channels).
 
     ``color`` is ``rgb`` or ``bgr`` (OpenCV's native order, which the official
-    SimpleBaseline ResNet models were trained on).
+    SimpleBaseline ResNet models were trained on). A missing, empty,
+    undecodable or truncated (JPEG/PNG) file raises :class:`ImageReadError`.
     """
-    image = cv2.imread(os.fspath(path), _IMREAD_FLAGS)
+    if color not in ("rgb", "bgr"):
+        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+    try:
+        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as err:
+        raise ImageReadError(path, f"cannot read the file ({err.strerror or err})") from None
+    if data.size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    truncated = _truncation_reason(data)
+    if truncated:
+        raise ImageReadError(path, truncated)
+    image = cv2.imdecode(data, _IMREAD_FLAGS)
     if image is None:
-        if not os.path.exists(path):
-            raise ImageReadError(path, "file not found")
-        if os.path.getsize(path) == 0:
-            raise ImageReadError(path, "empty file (0 bytes)")
         raise ImageReadError(path, "not a decodable image")
     if color == "rgb":
         cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
-    elif color != "bgr":
-        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
     return image
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from psapose.engine.distributed import all_gather_objects
 from psapose.engine.sampler import EpochSampler
 
 __all__ = ["Predictions", "autocast", "evaluate_predictions", "predict", "predict_heatmaps"]
+
+log = logging.getLogger("psapose")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -82,7 +85,11 @@ def predict(
     world_size: int = 1,
     progress: Any = None,
 ) -> Predictions:
-    """Keypoints of every crop of ``dataset`` in image pixels (gathered on every rank)."""
+    """Keypoints of every crop of ``dataset`` in image pixels (gathered on every rank).
+
+    Crops whose image cannot be read (``valid`` False) are left out of the
+    predictions, each path logged once.
+    """
     was_training = model.training
     model.eval()
     sampler = EpochSampler(
@@ -97,6 +104,7 @@ def predict(
     )
     flip_indices = dataset.spec.flip_indices if flip_test else None
     parts = []
+    unreadable: dict[str, int] = {}
     for batch in _progress(loader, progress):
         images = normalize_images(batch["image"], device=device, channels_last=channels_last)
         heatmaps = predict_heatmaps(model, images, codec, flip_indices, precision)
@@ -105,16 +113,29 @@ def predict(
         image_kps = crop_to_image(
             keypoints.double().cpu().numpy(), center, scale, dataset.input_size, dataset.udp
         )
-        parts.append(
-            Predictions(
-                index=batch["index"].numpy(),
-                keypoints=image_kps,
-                scores=scores.float().cpu().numpy(),
-                image_ids=batch["image_id"].numpy(),
-                box_scores=batch["score"].numpy().astype(np.float64),
-                areas=scale[:, 0] * scale[:, 1],
-            )
+        part = Predictions(
+            index=batch["index"].numpy(),
+            keypoints=image_kps,
+            scores=scores.float().cpu().numpy(),
+            image_ids=batch["image_id"].numpy(),
+            box_scores=batch["score"].numpy().astype(np.float64),
+            areas=scale[:, 0] * scale[:, 1],
         )
+        valid = batch["valid"].numpy().astype(bool) if "valid" in batch else None
+        if valid is not None and not valid.all():
+            for error in np.asarray(batch["error"], dtype=object)[~valid]:
+                if error not in unreadable:
+                    log.warning("evaluation: leaving out an unreadable sample: %s", error)
+                unreadable[error] = unreadable.get(error, 0) + 1
+            part = Predictions(
+                **{k: getattr(part, k)[valid] for k in Predictions.__dataclass_fields__}
+            )
+        parts.append(part)
+    if unreadable:
+        log.warning(
+            "evaluation: %d crops from %d unreadable files left out",
+            sum(unreadable.values()), len(unreadable),
+        )  # fmt: skip
     model.train(was_training)
     local = Predictions.concatenate(parts)
     gathered = all_gather_objects(local)

@@ -22,6 +22,10 @@ class EpochSampler(Sampler):
     ``drop_last`` (training) drops the incomplete last global batch; otherwise
     the order is padded by wrapping around, and padded samples are repeated
     indices (evaluation removes them by index).
+
+    ``set_epoch(epoch, start_batch=n)`` skips the epoch's first ``n`` global
+    batches (training only): a run resumed from a checkpoint written mid-epoch
+    sees exactly the batches it had not trained on, without loading the others.
     """
 
     def __init__(
@@ -39,9 +43,18 @@ class EpochSampler(Sampler):
         self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Draw the order of ``epoch``, starting after its first ``start_batch`` batches."""
+        if start_batch and not self.drop_last:
+            raise ValueError("start_batch needs drop_last=True (training batches)")
+        if not 0 <= start_batch <= self.num_batches():
+            raise ValueError(
+                f"start_batch {start_batch} is outside the epoch's 0..{self.num_batches()} batches"
+            )
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     @property
     def global_batch(self) -> int:
@@ -54,7 +67,7 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_batches() * self.batch_size
+            return (self.num_batches() - self.start_batch) * self.batch_size
         return -(-self.size // self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -64,7 +77,9 @@ class EpochSampler(Sampler):
             order = np.arange(self.size)
         if self.drop_last:
             batches = order[: self.num_batches() * self.global_batch].reshape(-1, self.global_batch)
-            mine = batches[:, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            mine = batches[
+                self.start_batch :, self.rank * self.batch_size : (self.rank + 1) * self.batch_size
+            ]
             indices = mine.reshape(-1)
         else:
             # Evaluation: contiguous shards, padded to equal length.
