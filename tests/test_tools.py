@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def _checkpoint(tmp_path: Path) -> Path:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
+    # Hydra's own run folder (its log, .hydra/) goes to a temporary folder, not runs/ in the repo.
+    hydra_dir = f"hydra.run.dir={tempfile.mkdtemp(prefix='psapose-hydra-')}"
     proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, *args, hydra_dir], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -93,7 +96,8 @@ def test_test_py_writes_a_test_dev_results_file_and_zip(tmp_path):
 
 def test_train_py_stops_on_a_bad_config_key_with_its_name(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "tools/train.py", "+schedule.lrr=1", f"output_dir={tmp_path}"],
+        [sys.executable, "tools/train.py", "+schedule.lrr=1", f"output_dir={tmp_path}",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2

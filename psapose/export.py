@@ -1,0 +1,198 @@
+"""ONNX export of the heatmap networks, and a parity check with onnxruntime.
+
+The graph is the network alone: a normalised ``float32 [N, 3, H, W]`` batch in,
+``[N, C*K, H/4, W/4]`` heatmaps out, with a dynamic batch axis. Cropping,
+normalisation, the flip test and decoding stay outside (as in
+:class:`psapose.api.PoseEstimator`), so one exported file serves any codec's
+decoding and flip test.
+
+``onnx``, ``onnxscript`` and ``onnxruntime`` are optional (``pip install
+'psapose[onnx]'``) and imported only here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "OnnxUnavailable",
+    "calibrate_batchnorm",
+    "check_onnx",
+    "export_onnx",
+    "onnx_session",
+    "random_weights",
+]
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "images", "heatmaps"
+
+
+class OnnxUnavailable(ImportError):
+    """onnx / onnxruntime (or onnxscript for the dynamo exporter) is not installed."""
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as err:
+        raise OnnxUnavailable(
+            f"{module} is not installed: pip install 'psapose[onnx]' "
+            "(onnx, onnxscript and onnxruntime)"
+        ) from err
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int],
+    opset: int = 18,
+    exporter: str = "dynamo",
+    example_batch: int = 2,
+) -> Path:
+    """Write ``model`` (eval mode, on the CPU) as ONNX with a dynamic batch axis.
+
+    ``exporter`` is ``dynamo`` (``torch.export``-based, the default of recent torch) or
+    ``torchscript`` (the legacy tracer).
+    """
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    _require("onnx")
+    if exporter == "dynamo":
+        _require("onnxscript")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    h, w = input_size
+    example = torch.zeros(example_batch, 3, h, w)
+    kwargs: dict[str, Any] = {
+        "input_names": [INPUT_NAME],
+        "output_names": [OUTPUT_NAME],
+        "opset_version": opset,
+        "dynamo": exporter == "dynamo",
+    }
+    if exporter == "dynamo":
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        # One self-contained file (the weights inside) below protobuf's 2 GB limit.
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        kwargs["external_data"] = params > 1.8e9
+    else:
+        kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    # The exporters print progress and deprecation notes; keep our own log clean.
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), **kwargs)
+    onnx = _require("onnx")
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 0) -> Any:
+    """An onnxruntime CPU session (``threads=0``: onnxruntime's default)."""
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Set every BatchNorm's running statistics to the data's (cumulative average over
+    ``batches``), so that an untrained network has unit-scale activations like a trained one.
+
+    Parity checks on an untrained network would otherwise compare near-zero heatmaps.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    for batch in batches:
+        model(batch)
+    for m, (momentum, training) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    return model
+
+
+@torch.no_grad()
+def random_weights(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Untrained weights in a trained network's numeric range, for export checks.
+
+    The pose init (N(0, 0.001) convolutions) gives heatmaps of ~1e-10, against which any
+    difference looks small. Here every convolution is Kaiming-normal, BatchNorm statistics
+    are calibrated on ``images``, and the last convolution is scaled so the heatmaps'
+    largest magnitude on ``images`` is 1, as a trained model's peaks are.
+    """
+    g = torch.Generator().manual_seed(seed)
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    calibrate_batchnorm(model.eval(), [images])
+    peak = float(model(images).abs().max())
+    last = convs[-1] if convs else None
+    if last is not None and peak > 0:
+        last.weight.div_(peak)
+        if last.bias is not None:
+            last.bias.div_(peak)
+    return model
+
+
+def check_onnx(
+    path: str | os.PathLike,
+    model: nn.Module,
+    images: torch.Tensor,
+    codec: Any = None,
+    flip_indices: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Run the ONNX file and the PyTorch model on the same normalised ``images``.
+
+    Returns the largest absolute and relative heatmap differences, and with a
+    ``codec`` the largest difference of the decoded keypoints (crop pixels) and
+    scores, with the flip test when ``flip_indices`` is given.
+    """
+    from psapose.codecs import average_flip
+
+    session = onnx_session(path)
+    model = model.eval().cpu()
+    x = images.detach().float().cpu().contiguous()
+
+    def both(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            reference = model(inputs).float()
+        ours = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
+        return reference, torch.from_numpy(ours)
+
+    reference, ours = both(x)
+    diff = (reference - ours).abs()
+    report: dict[str, Any] = {
+        "batch": int(x.shape[0]),
+        "heatmap_shape": list(reference.shape[1:]),
+        "heatmap_max_abs": float(reference.abs().max()),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float((diff / reference.abs().max().clamp_min(1e-12)).max()),
+    }
+    if codec is not None:
+        if flip_indices is not None:
+            ref_flip, ours_flip = both(x.flip(-1).contiguous())
+            reference = average_flip(reference, ref_flip, flip_indices, codec)
+            ours = average_flip(ours, ours_flip, flip_indices, codec)
+            report["flip_max_abs_diff"] = float((reference - ours).abs().max())
+        ref_kps, ref_scores = codec.decode(reference)
+        our_kps, our_scores = codec.decode(ours)
+        report["keypoint_max_diff_px"] = float((ref_kps - our_kps).abs().max())
+        report["score_max_diff"] = float((ref_scores - our_scores).abs().max())
+    return report
