@@ -32,7 +32,10 @@ from psapose.codecs import (
     gaussian_blur,
     gaussian_kernel1d,
     heatmap_argmax,
+    ops,
 )
+from psapose.codecs import msra as msra_module
+from psapose.codecs import udp as udp_module
 from psapose.config import compose_config
 from psapose.data.keypoint_spec import load_keypoint_spec
 
@@ -734,3 +737,156 @@ def test_cuda_matches_cpu(codec_cls) -> None:
     ref, ref_scores = codec.decode(hm)
     torch.testing.assert_close(decoded.cpu(), ref, atol=1e-3, rtol=0)
     torch.testing.assert_close(scores.cpu(), ref_scores, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------- the local-patch decode
+def scaled_maps(rng, codec, scales):
+    """Noisy encoded maps times each of ``scales`` (tiny ones make the clip / floor bite)."""
+    input_size = codec.input_size
+    kp, vis = random_keypoints(rng, 3, 17, input_size, margin=10)
+    hm = noisy(rng, codec.encode(torch.from_numpy(kp), torch.from_numpy(vis))[0])
+    hm = np.concatenate([hm * s for s in scales]).astype(np.float32)
+    hm[0, 3] = 0  # no positive maximum
+    hm[1, 4] -= 0.5  # negative values around the peak
+    hm[2, 5, :, :] = 0
+    hm[2, 5, 0, 0] = 1e-6  # a single tiny pixel in the corner
+    return hm
+
+
+@pytest.mark.parametrize("kernel", [3, 11, 17])
+def test_local_blur_equals_the_zero_padded_full_blur(kernel: int) -> None:
+    rng = np.random.default_rng(20)
+    hm = rng.normal(0, 1, (2, 5, 20, 16))
+    iy = torch.from_numpy(rng.integers(0, 20, (2, 5)))
+    ix = torch.from_numpy(rng.integers(0, 16, (2, 5)))
+    reach = 2
+    block = ops.local_blur(torch.from_numpy(hm), iy, ix, kernel, reach)
+    weights = gaussian_kernel1d(kernel)
+    half = kernel // 2
+    for n in range(2):
+        for k in range(5):
+            padded = np.pad(hm[n, k], half + reach)  # zeros
+            for dy in range(-reach, reach + 1):
+                for dx in range(-reach, reach + 1):
+                    y, x = int(iy[n, k]) + dy + half + reach, int(ix[n, k]) + dx + half + reach
+                    patch = padded[y - half : y + half + 1, x - half : x + half + 1]
+                    expected = weights @ patch @ weights
+                    got = float(block[n, k, reach + dy, reach + dx])
+                    assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("codec_cls", "taps", "value_range", "clamp_to_map"),
+    [
+        (UDPHeatmap, udp_module._UDP_TAPS, udp_module._UDP_CLIP, True),
+        (DarkHeatmap, msra_module._TAYLOR_TAPS, (1e-10, math.inf), False),
+    ],
+)
+def test_modulated_values_skip_the_full_blur_only_where_the_log_differences_agree(
+    codec_cls, taps, value_range, clamp_to_map, monkeypatch
+) -> None:
+    """With ``value_range`` the rescale is exact wherever the clip could bite; elsewhere it cancels."""
+    rng = np.random.default_rng(21)
+    codec = codec_cls((256, 192))
+    hm = torch.from_numpy(scaled_maps(rng, codec, (1.0, 3e-3, 1e-4, 40.0)))
+    peak = ops.heatmap_argmax(hm)
+    full = ops.modulated_values(hm, peak, codec.blur_kernel, taps, clamp_to_map)
+    blurred = []
+    real_blur = ops.gaussian_blur
+    monkeypatch.setattr(ops, "gaussian_blur", lambda m, *a, **k: blurred.append(len(m)) or real_blur(m, *a, **k))  # fmt: skip
+    fast = ops.modulated_values(hm, peak, codec.blur_kernel, taps, clamp_to_map, value_range)
+    # Some maps need the whole blur (tiny or negative values), most do not.
+    assert 0 < sum(blurred) < 0.5 * peak.found.sum()
+    low, high = value_range
+    log_full = full.clamp(low, high).log()
+    log_fast = fast.clamp(low, high).log()
+    found = peak.found
+    # What the refinement uses: differences of the logs. Exact maps are bit-identical.
+    diff_full = (log_full - log_full[..., :1])[found]
+    diff_fast = (log_fast - log_fast[..., :1])[found]
+    torch.testing.assert_close(diff_fast, diff_full, atol=1e-12, rtol=0)
+    assert (log_fast == log_full).all(dim=-1).any()  # the blurred-whole maps
+
+
+@pytest.mark.parametrize("codec_cls", [UDPHeatmap, DarkHeatmap])
+def test_local_patch_decode_equals_the_full_map_decode_and_the_ports(
+    codec_cls, monkeypatch
+) -> None:
+    rng = np.random.default_rng(22)
+    codec = codec_cls((256, 192))
+    hm = scaled_maps(rng, codec, (1.0, 3e-3, 1e-4, 40.0))
+    hm += 1e-3 if codec_cls is UDPHeatmap else 0.0  # see test_udp_decoding_matches_mmpose_dark_udp
+    fast, scores = codec.decode(torch.from_numpy(hm))
+    # The full-map decode: the value_range shortcut switched off.
+    real = ops.modulated_values
+
+    def full_map(*args, value_range=None, **kwargs):
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(udp_module, "modulated_values", full_map)
+    monkeypatch.setattr(msra_module, "modulated_values", full_map)
+    full, full_scores = codec.decode(torch.from_numpy(hm))
+    np.testing.assert_allclose(np_(fast), np_(full), atol=1e-6, rtol=0)
+    assert torch.equal(scores, full_scores)
+    # And the per-instance ports, where the maps are not degenerate (at 3e-3 and 1e-4 the
+    # clip makes plateaus whose Newton steps run off by tens of pixels and float32 / float64
+    # differences of the rescale show; there the full-map decode above is the reference).
+    fast_hm = np_(codec.to_heatmap(fast))
+    per_scale = len(hm) // 4
+    normal = np.r_[0:per_scale, 3 * per_scale : len(hm)]
+    hm, fast_hm = hm[normal], fast_hm[normal]
+    if codec_cls is UDPHeatmap:
+        for i in range(len(hm)):
+            ref, _ = mmpose_udp_decode(hm[i], codec.blur_kernel)
+            np.testing.assert_allclose(fast_hm[i], ref, atol=1e-4, rtol=0)
+    else:
+        ref, _ = darkpose_final_preds(hm, codec.blur_kernel)
+        np.testing.assert_allclose(fast_hm, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("codec_cls", [MSRAHeatmap, UDPHeatmap])
+def test_average_flip_equals_hrnet_flip_back_per_instance(codec_cls) -> None:
+    rng = np.random.default_rng(23)
+    codec = codec_cls((256, 192))
+    hm = rng.normal(0, 1, (3, 17, 64, 48)).astype(np.float32)
+    flipped = rng.normal(0, 1, (3, 17, 64, 48)).astype(np.float32)
+    keep = (hm.copy(), flipped.copy())
+    ours = average_flip(torch.from_numpy(hm), torch.from_numpy(flipped), FLIP, codec)
+    pairs = [(a, b) for a, b in enumerate(FLIP) if a < b]
+    if codec.flip_shift:
+        back = hrnet_flip_back(flipped, pairs)
+    else:
+        back = flipped[..., ::-1][:, FLIP]
+    np.testing.assert_array_equal(np_(ours), (hm + back) * 0.5)
+    np.testing.assert_array_equal(hm, keep[0])  # inputs untouched
+    np.testing.assert_array_equal(flipped, keep[1])
+
+
+@pytest.mark.parametrize("codec_cls", [MSRAHeatmap, UDPHeatmap])
+def test_average_flip_promotes_mixed_dtypes(codec_cls) -> None:
+    codec = codec_cls((256, 192))
+    hm = torch.randn(2, 17, 64, 48)
+    flipped = torch.randn(2, 17, 64, 48).bfloat16()
+    back = flip_heatmaps(flipped, FLIP, shift=codec.flip_shift)
+    ours = average_flip(hm, flipped, FLIP, codec)
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, (hm + back) * 0.5)
+
+
+def test_cpu_argmax_equals_torch_max_with_ties_nan_and_gradients() -> None:
+    torch.manual_seed(0)
+    hm = torch.rand(3, 17, 64, 48)
+    hm[0, 0] = 0.5  # all tied: the first pixel
+    hm[0, 1, 3, 4] = hm[0, 1, 10, 2] = float("nan")  # NaN is the maximum, the first one wins
+    hm[0, 2] = float("-inf")
+    hm[1, 3, 5, 5] = hm[1, 3, 6, 1] = 2.0
+    peak = heatmap_argmax(hm)
+    score, index = hm.flatten(-2).max(dim=-1)
+    assert torch.equal(peak.iy * 48 + peak.ix, index)
+    assert torch.equal(peak.score.nan_to_num(), score.nan_to_num())
+    assert torch.equal(peak.score.isnan(), score.isnan())
+    grad_input = hm.clone().requires_grad_()
+    heatmap_argmax(grad_input).score.sum().backward()
+    assert grad_input.grad.sum() == 3 * 17  # one 1 per map, at its peak
+    half = heatmap_argmax(hm[1:].half())  # not NumPy's: torch.max
+    assert torch.equal(half.iy * 48 + half.ix, hm[1:].half().flatten(-2).max(dim=-1).indices)

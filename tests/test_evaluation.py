@@ -543,3 +543,146 @@ def test_keypoint_results_speed() -> None:
     elapsed = time.perf_counter() - start
     assert len(results) > 0.9 * n
     print(f"\nkeypoint_results: {n} people over {images} images (OKS-NMS) in {elapsed:.2f} s")
+
+
+# ----------------------------------------------------------------------------- fast COCOeval
+
+
+def run_cocoeval(gt_file, results, fast: bool):
+    """COCOeval of ``results`` (stock or FastKeypointEval), with everything it stores."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from psapose.evaluation.fast_cocoeval import FastKeypointEval, load_keypoint_results
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(gt_file))
+        copies = [dict(r) for r in results]
+        if fast:
+            evaluator = FastKeypointEval(coco, load_keypoint_results(coco, copies))
+        else:
+            evaluator = COCOeval(coco, coco.loadRes(copies), "keypoints")
+        evaluator.params.useSegm = None
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator, copies
+
+
+def assert_same_cocoeval(gt_file, results) -> np.ndarray:
+    stock, stock_dts = run_cocoeval(gt_file, results, fast=False)
+    fast, fast_dts = run_cocoeval(gt_file, results, fast=True)
+    for a, b in zip(stock_dts, fast_dts, strict=True):  # loadRes's added fields
+        assert (a["id"], a["area"], list(a["bbox"])) == (b["id"], b["area"], b["bbox"])
+    assert stock.ious.keys() == fast.ious.keys()
+    for key, value in stock.ious.items():
+        np.testing.assert_array_equal(np.asarray(fast.ious[key]), np.asarray(value))
+    assert len(stock.evalImgs) == len(fast.evalImgs)
+    for a, b in zip(stock.evalImgs, fast.evalImgs, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.keys() == b.keys()
+            for field in a:
+                np.testing.assert_array_equal(np.asarray(b[field]), np.asarray(a[field]))
+    for field in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(fast.eval[field], stock.eval[field])
+    np.testing.assert_array_equal(fast.stats, stock.stats)
+    return stock.stats
+
+
+def synthetic_coco(rng, tmp_path, images=30):
+    """A keypoint GT with crowd and unlabelled people, and results with ties and near misses."""
+    anns, results = [], []
+    for image_id in range(1, images + 1):
+        for _ in range(rng.integers(0, 5)):
+            x, y = rng.uniform(0, 300, 2)
+            w, h = rng.uniform(5, 200, 2)
+            kps = np.stack(
+                [rng.uniform(x, x + w, 17), rng.uniform(y, y + h, 17), rng.integers(0, 3, 17)], 1
+            )
+            kps[rng.random(17) < 0.3] = 0
+            if rng.random() < 0.15:
+                kps[:] = 0  # no labelled keypoint: the bbox distance branch / ignored
+            kps = np.round(kps).astype(int)  # COCO stores integers
+            crowd = int(rng.random() < 0.1)
+            anns.append(
+                {
+                    "id": len(anns) + 1, "image_id": image_id, "category_id": 1,
+                    "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h * 0.6),
+                    "iscrowd": crowd, "num_keypoints": int((kps[:, 2] > 0).sum()),
+                    "keypoints": kps.reshape(-1).tolist(),
+                }
+            )  # fmt: skip
+            for _ in range(rng.integers(0, 4)):  # detections near this person
+                noise = rng.normal(0, rng.choice([0.5, 3, 15]), (17, 2))
+                det = np.concatenate((kps[:, :2] + noise, rng.random((17, 1))), 1)
+                score = float(rng.choice([0.5, 0.9, rng.random()]))  # ties in the scores
+                results.append(
+                    {"image_id": image_id, "category_id": 1,
+                     "keypoints": det.reshape(-1).tolist(), "score": score}
+                )  # fmt: skip
+        for _ in range(rng.integers(0, 25)):  # false positives, some images over maxDets
+            det = np.concatenate((rng.uniform(0, 400, (17, 2)), rng.random((17, 1))), 1)
+            results.append(
+                {"image_id": image_id, "category_id": 1,
+                 "keypoints": det.reshape(-1).tolist(), "score": float(rng.random())}
+            )  # fmt: skip
+    gt = {
+        "images": [{"id": i, "width": 400, "height": 400} for i in range(1, images + 1)],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(17)]}],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    return path, results
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_cocoeval_equals_stock_pycocotools(seed, tmp_path) -> None:
+    gt_file, results = synthetic_coco(np.random.default_rng(seed), tmp_path)
+    stats = assert_same_cocoeval(gt_file, results)
+    assert 0 < stats[0] < 1
+    # Through evaluate_keypoints: the fast default and the stock path agree.
+    fast = evaluate_keypoints(gt_file, results)
+    stock = evaluate_keypoints(gt_file, results, fast=False)
+    assert fast == stock
+
+
+@needs_pair
+def test_fast_cocoeval_equals_stock_on_the_eval_pair() -> None:
+    results = json.loads(PAIR_PREDS.read_text())
+    stats = assert_same_cocoeval(PAIR_GT, results)
+    assert round(float(stats[0]), 4) == PAIR_EXPECTED["AP"]
+
+
+@needs_mini
+def test_fast_cocoeval_equals_stock_on_real_annotations() -> None:
+    rng = np.random.default_rng(3)
+    results = ground_truth_results(MINI_VAL)
+    for r in results:  # move the people a little: OKS below 1, some misses
+        kps = np.asarray(r["keypoints"], dtype=np.float64).reshape(-1, 3)
+        kps[:, :2] += rng.normal(0, rng.choice([1.0, 6.0, 30.0]), (len(kps), 2))
+        r["keypoints"], r["score"] = kps.reshape(-1).tolist(), float(rng.random())
+    assert_same_cocoeval(MINI_VAL, results)
+
+
+def test_fast_result_loading_falls_back_where_load_res_takes_another_branch(tmp_path) -> None:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from psapose.evaluation.fast_cocoeval import load_keypoint_results
+
+    gt_file, results = synthetic_coco(np.random.default_rng(4), tmp_path, images=5)
+    for r in results:
+        r["bbox"] = [1.0, 2.0, 3.0, 4.0]  # loadRes then keeps these boxes and their area 12
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(gt_file))
+        stock = coco.loadRes([dict(r) for r in results])
+        fast = load_keypoint_results(coco, [dict(r) for r in results])
+    assert fast.dataset["annotations"] == stock.dataset["annotations"]
+    assert {a["area"] for a in fast.dataset["annotations"]} == {12.0}

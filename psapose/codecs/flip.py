@@ -51,11 +51,13 @@ def flip_heatmaps(
         raise ValueError(f"heatmaps must be (..., K*{c}, H, W), got {tuple(heatmaps.shape)}")
     num_keypoints = heatmaps.shape[-3] // c
     index = _flip_index(flip_indices, num_keypoints, heatmaps.device)
-    out = heatmaps.flip(-1).unflatten(-3, (num_keypoints, c))[..., index, :, :, :]
     if c == 3:
-        sign = heatmaps.new_tensor([1.0, -1.0, 1.0])[:, None, None]
-        out = out * sign
-    out = out.flatten(-4, -3)
+        index = (index[:, None] * 3 + torch.arange(3, device=heatmaps.device)).flatten()
+    # Swap the channels with one index_select, then mirror: a single pass each (advanced
+    # indexing of the mirrored maps took ~10x longer on the CPU).
+    out = heatmaps.index_select(-3, index).flip(-1)
+    if c == 3:
+        out.unflatten(-3, (num_keypoints, 3))[..., 1, :, :].neg_()  # x offsets change sign
     if shift:
         out = torch.cat((out[..., :1], out[..., :-1]), dim=-1)
     return out
@@ -95,7 +97,18 @@ def average_flip(
             f"heatmaps {tuple(heatmaps.shape)} and flipped_heatmaps "
             f"{tuple(flipped_heatmaps.shape)} must have the same shape"
         )
-    back = flip_heatmaps(
-        flipped_heatmaps, flip_indices, codec.channels_per_keypoint, shift=codec.flip_shift
-    )
-    return (heatmaps + back) * 0.5
+    shift = codec.flip_shift
+    back = flip_heatmaps(flipped_heatmaps, flip_indices, codec.channels_per_keypoint)
+    if back.dtype != torch.result_type(heatmaps, back):
+        if shift:
+            back = torch.cat((back[..., :1], back[..., :-1]), dim=-1)
+        return (heatmaps + back) * 0.5
+    # (heatmaps + back) * 0.5 to the bit, without extra passes over the maps: ``back`` is a
+    # fresh tensor, summed and halved in place; HRNet's shift (column w of the mirrored
+    # maps moves to w + 1, column 0 stays) is folded into the sum instead of a copy.
+    if not shift:
+        return back.add_(heatmaps).mul_(0.5)
+    out = torch.empty_like(back)
+    torch.add(heatmaps[..., 1:], back[..., :-1], out=out[..., 1:])
+    torch.add(heatmaps[..., :1], back[..., :1], out=out[..., :1])
+    return out.mul_(0.5)

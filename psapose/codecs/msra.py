@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -72,7 +73,9 @@ def refine_dark(heatmaps: Tensor, peak: Peak, kernel_size: int) -> Tensor:
     blurs in float64 too, then stores float32). Returns (..., 2) float64 offsets.
     """
     height, width = heatmaps.shape[-2:]
-    v = modulated_values(heatmaps, peak, kernel_size, _TAYLOR_TAPS).clamp_min(1e-10).log()
+    floor = 1e-10  # DarkPose's log(max(hm, 1e-10))
+    v = modulated_values(heatmaps, peak, kernel_size, _TAYLOR_TAPS, value_range=(floor, math.inf))
+    v = v.clamp_min(floor).log()
     c, xp, xm, yp, ym, xp2, xm2, yp2, ym2, pp, mp, pm, mm = v.unbind(-1)
     dx = 0.5 * (xp - xm)
     dy = 0.5 * (yp - ym)

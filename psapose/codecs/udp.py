@@ -37,6 +37,9 @@ _EPS32 = float(torch.finfo(torch.float32).eps)
 # (dy, dx) of the pixels refine_keypoints_dark_udp reads: i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_
 _UDP_TAPS = ((0, 0), (0, 1), (1, 0), (1, 1), (-1, -1), (0, -1), (-1, 0))
 
+# mmpose clips the blurred, rescaled map to this range before its log.
+_UDP_CLIP = (1e-3, 50.0)
+
 
 def refine_dark_udp(heatmaps: Tensor, peak: Peak, kernel_size: int) -> Tensor:
     """mmpose ``refine_keypoints_dark_udp``: one Newton step on the log of the blurred map.
@@ -48,8 +51,10 @@ def refine_dark_udp(heatmaps: Tensor, peak: Peak, kernel_size: int) -> Tensor:
     Applied at every peak with a positive maximum (mmpose also refines the -1
     placeholder of the others; we leave them at 0). Returns (..., 2) float64 offsets.
     """
-    v = modulated_values(heatmaps, peak, kernel_size, _UDP_TAPS, clamp_to_map=True)
-    i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_ = v.clamp(1e-3, 50.0).log().unbind(-1)
+    v = modulated_values(
+        heatmaps, peak, kernel_size, _UDP_TAPS, clamp_to_map=True, value_range=_UDP_CLIP
+    )
+    i_, ix1, iy1, ix1y1, ix1_y1_, ix1_, iy1_ = v.clamp(*_UDP_CLIP).log().unbind(-1)
     dx = 0.5 * (ix1 - ix1_)
     dy = 0.5 * (iy1 - iy1_)
     dxx = ix1 - 2 * i_ + ix1_
