@@ -15,6 +15,7 @@ Blocks:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -410,20 +411,26 @@ class _SoftmaxPixelsMix(torch.autograd.Function):
             return grad_values, grad_query if ctx.needs_input_grad[1] else None
 
 
-def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
-    return (
-        device_type,
-        torch.is_autocast_enabled(device_type),
-        torch.get_autocast_dtype(device_type),
-    )
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype | None]:
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device without autocast (meta, used for FLOP counting)
+        return device_type, False, None
+    return device_type, enabled, torch.get_autocast_dtype(device_type) if enabled else None
 
 
-def _autocast_as_in_forward(state: tuple[str, bool, torch.dtype]) -> torch.autocast:
+def _autocast_as_in_forward(
+    state: tuple[str, bool, torch.dtype | None],
+) -> contextlib.AbstractContextManager:
     """The forward's autocast state for a custom backward (as ``torch.amp.custom_bwd``
     does, for whichever device the tensors are on): its products then see the
     same dtypes as the forward's under bf16 autocast."""
     device_type, enabled, dtype = state
-    return torch.autocast(device_type, dtype=dtype, enabled=enabled)
+    if not enabled:
+        if device_type in ("cpu", "cuda"):  # a backward may run inside an outer autocast
+            return torch.autocast(device_type, enabled=False)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype, enabled=True)
 
 
 def _matrix(conv: nn.Conv2d) -> torch.Tensor:
