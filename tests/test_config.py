@@ -119,15 +119,11 @@ def test_quickstart_generates_data_trains_evaluates_and_draws(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_quickstart_learns_on_the_synthetic_val_split(tmp_path) -> None:
-    """The full main command (4 minutes on 2 cores) learns: AP well above an untrained model's.
-
-    Seeds 0 and 1 give AP 0.45 and 0.41 (docs/benchmarks.md); the bar leaves room for
-    the run-to-run spread of this small from-scratch model on other machines.
-    """
+def test_quickstart_reaches_half_ap_on_the_synthetic_val_split(tmp_path) -> None:
+    """The full main command (4 minutes on 2 cores): AP >= 0.5 with detector boxes (0.539 here)."""
     log = _quickstart(tmp_path)
     table = log[log.index("synthetic val AP") :].splitlines()
-    assert float(table[2].split()[0]) >= 0.35, table
+    assert float(table[2].split()[0]) >= 0.5, table
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
