@@ -2,7 +2,7 @@
 
     from psapose import PoseEstimator
 
-    estimator = PoseEstimator.from_run("runs/quickstart")        # config.yaml + checkpoints/best.pth
+    estimator = PoseEstimator.from_run("runs/20261121-151959")  # a run folder: config.yaml + checkpoints/
     poses = estimator("photo.jpg", boxes=[[x, y, w, h], ...])    # flip test on by default
     poses.keypoints     # (N, K, 2) image pixels
     poses.scores        # (N, K) heatmap maxima
