@@ -2,11 +2,11 @@
 """Draw estimated poses on an image, a folder of images or a video, and write COCO results.
 
     # a trained run (config.yaml + checkpoints/best.pth), boxes from a detection-results file
-    python tools/demo.py IMAGES_DIR --run runs/quickstart --detections dets.json --out demo_out
+    python tools/demo.py IMAGES_DIR --run RUN_DIR --detections dets.json --out demo_out
     # one image, one person box (x y w h), or the whole frame when no box is given
-    python tools/demo.py photo.jpg --run runs/quickstart --box 120 40 180 420
+    python tools/demo.py photo.jpg --run RUN_DIR --box 120 40 180 420
     # a video; boxes from a torchvision Faster R-CNN whose weights are on disk
-    python tools/demo.py clip.mp4 --run runs/quickstart --detector fasterrcnn_resnet50_fpn.pth
+    python tools/demo.py clip.mp4 --run RUN_DIR --detector fasterrcnn_resnet50_fpn.pth
     # any checkpoint, with the config it was trained with given as Hydra overrides
     python tools/demo.py photo.jpg --checkpoint w32.pth --overrides experiment=hrnet_w32_psa_p_256x192
 

@@ -2,7 +2,7 @@
 """Export a pose network to ONNX (dynamic batch) and check it against PyTorch with onnxruntime.
 
     # a trained run (config.yaml + checkpoints/best.pth)
-    python tools/export_onnx.py --run runs/quickstart --output quickstart.onnx
+    python tools/export_onnx.py --run RUN_DIR --output quickstart.onnx
     # a checkpoint and the config it was trained with
     python tools/export_onnx.py --checkpoint w32.pth --overrides experiment=hrnet_w32_psa_p_256x192
     # any model x attention x codec, untrained (random weights, BN calibrated on the inputs)
