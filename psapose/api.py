@@ -48,9 +48,10 @@ from psapose.data.transforms import (
 from psapose.engine.inference import predict_heatmaps
 from psapose.evaluation.coco_eval import rescore
 
-__all__ = ["PoseEstimator", "Poses", "as_boxes"]
+__all__ = ["IMAGE_SUFFIXES", "PoseEstimator", "Poses", "as_boxes", "image_paths", "resolve_device"]
 
 ImageLike = str | os.PathLike | np.ndarray
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -142,7 +143,7 @@ class PoseEstimator:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -336,7 +337,19 @@ class PoseEstimator:
         return normalize_images(batch, device=self.device, channels_last=self.channels_last)
 
 
-def _device(device: str | torch.device) -> torch.device:
+def image_paths(path: str | os.PathLike) -> list[Path]:
+    """The image files of a folder (sorted, by suffix), or ``[path]`` for a file."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available), or the named device, checked."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)

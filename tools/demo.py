@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.api import PoseEstimator, Poses, as_boxes  # noqa: E402
+from psapose.api import PoseEstimator, Poses, as_boxes, image_paths, resolve_device  # noqa: E402
 from psapose.data.coco import read_json  # noqa: E402
 from psapose.data.transforms import read_image  # noqa: E402
 from psapose.evaluation import keypoint_results, write_results  # noqa: E402
@@ -47,7 +47,6 @@ from psapose.visualize import draw_poses  # noqa: E402
 
 log = logging.getLogger("demo")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 CHUNK = 8  # images or frames per estimate call: their crops share batches
 
@@ -99,15 +98,6 @@ def load_estimator(args: argparse.Namespace) -> PoseEstimator:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def image_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise SystemExit(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return files
-    return [path]
 
 
 def image_ids(files: list[Path], ann: str | None) -> list[int]:
@@ -169,15 +159,12 @@ class PersonDetector:
                 f"--detector needs torchvision matching your torch ({err}); "
                 "use --detections FILE or --box X Y W H instead"
             ) from None
-        import torch
 
         from psapose.checkpoint import load_state_dict_file
 
         model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
         model.load_state_dict(load_state_dict_file(weights))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.threshold = threshold
 
@@ -297,7 +284,10 @@ def run(args: argparse.Namespace) -> dict:
         capture.release()
         chunks = _chunks(frames(source, args.max_frames), CHUNK)
     else:
-        files = image_files(source)
+        try:
+            files = image_paths(source)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
         ids = image_ids(files, args.ann)
         chunks = (
             [read_image(f, "rgb") for f in files[i : i + CHUNK]]

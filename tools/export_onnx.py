@@ -30,13 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.api import PoseEstimator  # noqa: E402
+from psapose.api import PoseEstimator, image_paths  # noqa: E402
 from psapose.data.transforms import read_image  # noqa: E402
 from psapose.export import check_onnx, export_onnx, onnx_session, random_weights  # noqa: E402
 
 log = logging.getLogger("export_onnx")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,13 +78,10 @@ def check_images(args: argparse.Namespace) -> list[np.ndarray]:
 
         renders = [render_synthetic_image(seed=0, split="val2017", index=i) for i in range(2)]
         return [np.ascontiguousarray(r.image[..., ::-1]) for r in renders]  # BGR -> RGB
-    files: list[Path] = []
-    for item in map(Path, args.images):
-        files += (
-            sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if item.is_dir()
-            else [item]
-        )
+    try:
+        files = [f for item in args.images for f in image_paths(item)]
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     return [read_image(f, "rgb") for f in files]
 
 
