@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from psapose.checkpoint import (
@@ -35,7 +35,7 @@ from psapose.checkpoint import (
     load_pose_checkpoint,
     resolve_checkpoint,
 )
-from psapose.config import build_model, compose_config, input_size
+from psapose.config import build_model, compose_config, input_size, load_stored_config
 from psapose.data.keypoint_spec import KeypointSpec
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import (
@@ -197,7 +197,7 @@ class PoseEstimator:
         if config is None:
             cfg = _checkpoint_config(checkpoint)
         elif isinstance(config, (str, os.PathLike)) and Path(config).suffix in (".yaml", ".yml"):
-            cfg = OmegaConf.load(config)
+            cfg = load_stored_config(config)  # untrusted data: plain values, allowed targets
         else:
             cfg = config
         return cls.from_config(cfg, checkpoint, **kwargs)
@@ -368,4 +368,4 @@ def _checkpoint_config(checkpoint: str | os.PathLike) -> DictConfig:
             f"{path}: holds no config (not a psapose training checkpoint); "
             "pass config= (a config.yaml, or overrides such as ['experiment=...'])"
         )
-    return OmegaConf.create(config)
+    return load_stored_config(config, f"{path} (stored config)")

@@ -8,15 +8,16 @@ entry and ``module.`` prefixes) and from psapose load alike.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import re
-import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -31,6 +32,9 @@ __all__ = [
     "load_pretrained_backbone",
     "load_state_dict_file",
     "resolve_checkpoint",
+    "state_checksum",
+    "verify_checksum",
+    "with_checksum",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,13 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that holds pickled Python objects (code could run on load): refused."""
 
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# What the weights-only unpickler says when a file asks for code rather than data
+# (a global, a class to build, a function to call); anything else it says is corruption.
+_UNSAFE_CONTENT = re.compile(
+    r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (?P<name>\S+)"
+    r"|Can only (?:build|create new object)[^\n]*"
+    r"|Trying to call reduce for unrecognized function[^\n]*"
+)
 
 
 def default_cache_dir() -> Path:
@@ -104,30 +114,115 @@ def load_checkpoint_file(path: str | os.PathLike) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with the failures told apart.
 
     Raises :class:`UnsafeCheckpointError` when the file needs pickled code (a
-    custom class, ``functools.partial``, ...) and :class:`CheckpointError` when
-    it is missing, truncated or corrupt.
+    custom class, ``functools.partial``, ...) and :class:`CheckpointError` for
+    anything else that keeps it from loading: missing, truncated, corrupt or
+    junk bytes (whatever exception ``torch.load`` raises on them). A psapose
+    checkpoint's stored checksum is verified (:func:`verify_checksum`).
     """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (or not a file)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        unsafe = _UNSAFE_GLOBAL.search(text)
-        if unsafe is None and "Weights only load failed" not in text:
+        unsafe = _UNSAFE_CONTENT.search(text)
+        if unsafe is None:
             raise CheckpointError(
-                f"{path}: not a readable PyTorch checkpoint (corrupt pickle data): {err}"
+                f"{path}: not a readable PyTorch checkpoint (corrupt pickle data): "
+                f"{_first_line(err)}"
             ) from err
-        reason = f"it needs {unsafe.group(1)}" if unsafe else text.strip().splitlines()[0]
+        needs = unsafe.group("name") or unsafe.group(0)
         raise UnsafeCheckpointError(
             f"{path}: refused to load: the file holds pickled Python objects, not just tensors "
-            f"({reason}). psapose loads checkpoints with weights_only=True only; re-save the "
-            "weights in a trusted environment with torch.save(model.state_dict(), path)."
+            f"(it needs {needs}). psapose loads checkpoints with weights_only=True only; re-save "
+            "the weights in a trusted environment with torch.save(model.state_dict(), path)."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # junk bytes reach torch.load's internals: Key/Index/Memory errors too
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first_line}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(err).__name__}: {_first_line(err)}"
         ) from err
+    verify_checksum(state, path)
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- checksums
+# torch.save's zip records carry CRCs that torch.load never checks: a flipped byte inside a
+# tensor loads silently. psapose checkpoints therefore carry their own digest of everything
+# in them (tensor bytes, dtypes, shapes, keys and plain values), checked on every load.
+CHECKSUM_KEY = "checksum"
+_CHECKSUM_ALGORITHM = "blake2b-128"
+
+
+def state_checksum(state: Mapping) -> dict[str, str]:
+    """The digest stored under ``state["checksum"]``: all of ``state`` except that entry."""
+    digest = hashlib.blake2b(digest_size=16)
+    _hash_value(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return {"algorithm": _CHECKSUM_ALGORITHM, "digest": digest.hexdigest()}
+
+
+def with_checksum(state: dict) -> dict:
+    """``state`` plus its checksum entry (a new dict; the values are not copied)."""
+    return {
+        **{k: v for k, v in state.items() if k != CHECKSUM_KEY},
+        CHECKSUM_KEY: state_checksum(state),
+    }
+
+
+def verify_checksum(state: object, path: str | os.PathLike) -> bool:
+    """Check a loaded checkpoint against its stored checksum.
+
+    Returns False when there is none (official checkpoints, plain state dicts, psapose
+    checkpoints written before checksums); raises :class:`CheckpointError` on a mismatch.
+    """
+    if not isinstance(state, Mapping) or CHECKSUM_KEY not in state:
+        return False
+    stored = state[CHECKSUM_KEY]
+    if not (
+        isinstance(stored, Mapping)
+        and stored.get("algorithm") == _CHECKSUM_ALGORITHM
+        and isinstance(stored.get("digest"), str)
+    ):
+        raise CheckpointError(f"{path}: field 'checksum' is malformed ({stored!r:.80})")
+    try:
+        actual = state_checksum(state)["digest"]
+    except Exception as err:  # an unhashable structure is a corrupt file, not a crash
+        raise CheckpointError(f"{path}: cannot verify the checksum: {_first_line(err)}") from err
+    if actual != stored["digest"]:
+        raise CheckpointError(
+            f"{path}: checksum mismatch (stored {stored['digest']}, contents {actual}): "
+            "the file was changed or damaged after it was written"
+        )
+    return True
+
+
+def _hash_value(digest: Any, value: object) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _hash_value(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__[0]}{len(value)}".encode())
+        for item in value:
+            _hash_value(digest, item)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes, complex)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, (torch.dtype, torch.device, torch.Size)):
+        digest.update(f"{type(value).__name__}:{value};".encode())
+    else:
+        raise TypeError(f"cannot checksum a {type(value).__name__}")
 
 
 def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -5,23 +5,26 @@ Hydra's ``instantiate``. Before that, :func:`build_model` checks every key of
 the ``model`` node against the constructor's signature, so a misspelt key stops
 with its name and the allowed ones instead of a bare ``TypeError``.
 
-No config value is ever run as code: ``_target_`` may only name a callable
-under :data:`ALLOWED_TARGET_PREFIXES` (so a config cannot instantiate
-``os.system`` or ``builtins.eval``), checked before anything is imported, and
-no OmegaConf resolver that evaluates expressions is registered.
+No config value is ever run as code: a ``_target_`` may only stand at ``model``,
+``model.attention``, ``attention`` or ``codec``, must name a module under
+``psapose.``, and must resolve to one of the classes allowed there
+(:func:`allowed_targets`), all checked before anything is instantiated. No
+OmegaConf resolver that evaluates expressions is registered, and configs read
+back from checkpoints and run folders (:func:`load_stored_config`) may hold no
+interpolation at all.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import nn
@@ -32,9 +35,13 @@ __all__ = [
     "ALLOWED_TARGET_PREFIXES",
     "CONFIG_DIR",
     "ConfigError",
+    "allowed_targets",
     "build_model",
+    "check_targets_allowed",
     "compose_config",
     "input_size",
+    "load_stored_config",
+    "register_target",
     "validate_config",
 ]
 
@@ -43,12 +50,52 @@ CONFIG_DIR = Path(
 )
 
 
-# Module prefixes a ``_target_`` may name: the project's own classes only.
+# A ``_target_`` may only name a module under this package (nothing else is imported to
+# resolve it), and what it resolves to must be one of the classes allowed in its place.
 ALLOWED_TARGET_PREFIXES = ("psapose.",)
+
+# Where a ``_target_`` may stand, and what it may build there. Extended only from Python
+# (:func:`register_target`): configs are data and cannot widen their own allow-list.
+_TARGET_PLACES = {
+    "model": "model",
+    "model.attention": "attention",
+    "attention": "attention",
+    "codec": "codec",
+}
+_EXTRA_TARGETS: dict[str, set[object]] = {"model": set(), "attention": set(), "codec": set()}
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work, named by its full key."""
+
+
+def allowed_targets(role: str) -> set[object]:
+    """The classes a ``_target_`` may build in the ``model``, ``attention`` or ``codec`` place."""
+    from psapose import codecs, models
+
+    builtin = {
+        "model": {models.PoseHRNet, models.PoseResNet},
+        "attention": {
+            models.AttentionSpec,
+            models.PolarizedSelfAttention,
+            models.SqueezeExcitation,
+            models.GlobalContext,
+        },
+        "codec": {codecs.MSRAHeatmap, codecs.DarkHeatmap, codecs.UDPHeatmap, codecs.UDPCombined},
+    }
+    return builtin[role] | _EXTRA_TARGETS[role]
+
+
+def register_target(role: str, cls: type) -> None:
+    """Allow configs to build ``cls`` as a ``model``, ``attention`` or ``codec`` (your own class).
+
+    Its ``_target_`` must still be importable; this is the only way to widen the allow-list.
+    """
+    if role not in _EXTRA_TARGETS:
+        raise ValueError(f"role must be one of {', '.join(_EXTRA_TARGETS)}, got {role!r}")
+    if not isinstance(cls, type):
+        raise TypeError(f"register_target takes a class, got {cls!r}")
+    _EXTRA_TARGETS[role].add(cls)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -59,28 +106,92 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def check_targets_allowed(node: Any, full_key: str = "") -> None:
-    """Every ``_target_`` under ``node`` (dicts and lists, any depth) names an allowed callable.
-
-    Runs before any import or instantiation: a config can only build psapose classes.
-    """
+def _children(node: Any) -> list[tuple[str, Any]]:
+    # _get_node: the raw child, so no interpolation is resolved while checking.
     if OmegaConf.is_dict(node):
-        items = [(str(k), node._get_node(k)) for k in node.keys()]  # no interpolation resolving
-    elif OmegaConf.is_list(node):
-        items = [(str(i), node._get_node(i)) for i in range(len(node))]
-    else:
-        return
-    for key, child in items:
+        return [(str(k), node._get_node(k)) for k in node.keys()]
+    if OmegaConf.is_list(node):
+        return [(str(i), node._get_node(i)) for i in range(len(node))]
+    return []
+
+
+def _resolve_target(value: Any, full_key: str, role: str | None) -> object:
+    """The object a ``_target_`` string names, checked against its place's allow-list."""
+    if role is None:
+        places = ", ".join(sorted(_TARGET_PLACES))
+        raise ConfigError(
+            f"{full_key}={value!r} is not allowed: a _target_ may only stand at {places}"
+        )
+    if not (isinstance(value, str) and value.startswith(ALLOWED_TARGET_PREFIXES)):
+        raise ConfigError(
+            f"{full_key}={value!r} is not allowed: _target_ must name a psapose {role} class"
+        )
+    try:
+        obj = get_object(value)
+    except Exception as err:  # hydra raises a plain ImportError/ValueError mix here
+        raise ConfigError(f"{full_key}: cannot import {value!r}: {err}") from None
+    allowed = allowed_targets(role)
+    if not any(obj is cls for cls in allowed):
+        names = ", ".join(sorted(f"{c.__module__}.{c.__qualname__}" for c in allowed))
+        raise ConfigError(
+            f"{full_key}={value!r} is not allowed: it is not one of the {role} classes psapose "
+            "builds "
+            f"(allowed: {names})"
+        )
+    return obj
+
+
+def check_targets_allowed(node: Any, full_key: str = "") -> None:
+    """Every ``_target_`` under ``node`` (dicts and lists, any depth) stands in an allowed place
+    and resolves to a class allowed there (:func:`allowed_targets`), checked on the object,
+    not the string, so ``psapose.some_module.Path.write_text`` is refused as ``os.system`` is.
+
+    Runs before anything is instantiated: a config can only build psapose models, attention
+    specs and codecs. ``full_key`` is where ``node`` sits in the whole config.
+    """
+    for key, child in _children(node):
         child_key = f"{full_key}.{key}" if full_key else key
         if key in ("_target_", "_partial_target_"):
             value = child._value() if hasattr(child, "_value") else child
-            if not (isinstance(value, str) and value.startswith(ALLOWED_TARGET_PREFIXES)):
-                raise ConfigError(
-                    f"{child_key}={value!r} is not allowed: _target_ must name a class under "
-                    f"{', '.join(ALLOWED_TARGET_PREFIXES)}"
-                )
+            _resolve_target(value, child_key, _TARGET_PLACES.get(full_key))
         elif OmegaConf.is_config(child):
             check_targets_allowed(child, child_key)
+
+
+def check_plain_data(node: Any, source: str, full_key: str = "") -> None:
+    """A stored config (checkpoint, run folder) holds plain values only: no interpolation.
+
+    psapose writes configs resolved, so a ``${...}`` in one was put there by hand; resolving
+    it would run an OmegaConf resolver (environment variables, Hydra's) chosen by the file.
+    """
+    for key, child in _children(node):
+        child_key = f"{full_key}.{key}" if full_key else key
+        if OmegaConf.is_config(child):
+            check_plain_data(child, source, child_key)
+        elif child._is_interpolation():
+            raise ConfigError(
+                f"{source}: key {child_key} holds an interpolation ({child._value()!r}); "
+                "a stored config must be plain data"
+            )
+
+
+def load_stored_config(source: Mapping | str | os.PathLike, name: str | None = None) -> DictConfig:
+    """A config stored in a checkpoint (a mapping) or a run folder's ``config.yaml``, as
+    untrusted data: plain values only, every ``_target_`` allowed, keys checked later by
+    :func:`validate_config`. ``name`` labels the source in errors."""
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "config")
+    try:
+        if isinstance(source, Mapping):
+            cfg = OmegaConf.create(dict(source))
+        else:
+            cfg = OmegaConf.load(source)
+    except Exception as err:  # YAML syntax, unsupported values
+        raise ConfigError(f"{label}: not a readable config: {err}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{label}: a config must be a mapping, got a list")
+    check_plain_data(cfg, label)
+    check_targets_allowed(cfg)
+    return cfg
 
 
 def _check_target_keys(node: DictConfig, full_key: str) -> None:
@@ -88,10 +199,7 @@ def _check_target_keys(node: DictConfig, full_key: str) -> None:
     if target is None:
         raise ConfigError(f"{full_key} has no _target_ naming the class to build")
     check_targets_allowed(node, full_key)
-    try:
-        cls = get_class(target)
-    except Exception as err:  # hydra raises a plain ImportError/ValueError mix here
-        raise ConfigError(f"{full_key}._target_: cannot import {target!r}: {err}") from err
+    cls = _resolve_target(target, f"{full_key}._target_", _TARGET_PLACES.get(full_key))
     params = inspect.signature(cls).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -167,7 +275,8 @@ class _Data:
     val: _Split = field(default_factory=_Split)
     test_dev: _Split = field(default_factory=_Split)
     augment: Augmentation = field(default_factory=Augmentation)
-    generate: Optional[dict[str, Any]] = None  # noqa: UP045
+    generate: bool = False  # write the synthetic dataset at root (else only at data/synthetic)
+    synthetic: Optional[dict[str, Any]] = None  # noqa: UP045 (generator options)
     max_bad_fraction: float = 0.01  # unreadable training samples tolerated, as a fraction
 
 

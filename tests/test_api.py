@@ -19,7 +19,7 @@ from torch import nn
 from psapose.api import PoseEstimator, as_boxes
 from psapose.checkpoint import CheckpointError
 from psapose.codecs import DarkHeatmap, UDPHeatmap
-from psapose.config import compose_config
+from psapose.config import build_model, compose_config
 from psapose.data.builder import build_dataset
 from psapose.data.keypoint_spec import load_keypoint_spec
 from psapose.data.normalize import IMAGENET_MEAN, IMAGENET_STD
@@ -324,8 +324,19 @@ def test_demo_detector_needs_torchvision_and_says_so(tmp_path, monkeypatch):
     demo = _tool("demo")
     monkeypatch.setitem(sys.modules, "torchvision", None)  # as on a machine without it
     monkeypatch.setitem(sys.modules, "torchvision.models.detection", None)
-    with pytest.raises(SystemExit, match="--detector needs torchvision"):
+    with pytest.raises(demo.DemoInputError, match="--detector needs torchvision"):
         demo.PersonDetector(str(tmp_path / "w.pth"), "cpu", 0.5)
+    # Through the tool's main: one line and exit 2 (the contract of docs/reliability.md).
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    torch.save(
+        build_model(compose_config(["experiment=quickstart"])).state_dict(), tmp_path / "w.pth"
+    )
+    with pytest.raises(SystemExit) as stop:
+        demo.main([str(image), "--checkpoint", str(tmp_path / "w.pth"), "--overrides",
+                   "experiment=quickstart", "--detector", str(tmp_path / "w.pth"),
+                   "--out", str(tmp_path / "out"), "--device", "cpu"])  # fmt: skip
+    assert stop.value.code == 2
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -87,7 +87,7 @@ def _quickstart(tmp_path, *overrides: str) -> str:
 def test_quickstart_generates_data_trains_evaluates_and_draws(tmp_path) -> None:
     """The main command, shortened: 12 synthetic images, one epoch."""
     log = _quickstart(
-        tmp_path, "data.generate.images=12", "data.generate.val_images=4",
+        tmp_path, "data.generate=true", "data.synthetic.images=12", "data.synthetic.val_images=4",
         "schedule.epochs=1", "schedule.batch_size=4",
     )  # fmt: skip
     assert "synthetic dataset written to" in log

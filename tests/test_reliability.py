@@ -491,10 +491,10 @@ def test_train_py_stops_at_start_on_a_broken_annotation_file(tmp_path):
         ("codec.sigma=-1.5", "codec.sigma must be a finite number > 0, got -1.5"),
         ("data.max_bad_fraction=1.5", "data.max_bad_fraction=1.5 is out of range"),
         ("schedule.max_nonfinite_steps=0", "schedule.max_nonfinite_steps=0 is out of range"),
-        ("model._target_=os.system", "model._target_='os.system' is not allowed: _target_ must name a class under psapose."),
+        ("model._target_=os.system", "model._target_='os.system' is not allowed: _target_ must name a psapose model class"),
         ("+attention.extra._target_=builtins.eval", "attention.extra._target_='builtins.eval' is not allowed"),
         ("codec._target_=subprocess.call", "codec._target_='subprocess.call' is not allowed"),
-        ("+data.generate.hook._target_=os.system", "data.generate.hook._target_='os.system' is not allowed"),
+        ("+data.synthetic.hook._target_=os.system", "data.synthetic.hook._target_='os.system' is not allowed"),
         ("precision=fp8", "precision='fp8'; allowed: fp32, bf16, fp16"),
     ],
 )  # fmt: skip

@@ -25,6 +25,7 @@ With ``--detections`` the people are the file's person boxes above
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,8 +42,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psapose.api import PoseEstimator, Poses, as_boxes, image_paths, resolve_device  # noqa: E402
+from psapose.cli import error_contract, exit_on_signals  # noqa: E402
 from psapose.data.coco import read_json  # noqa: E402
-from psapose.data.transforms import read_image  # noqa: E402
+from psapose.data.transforms import ImageReadError, read_image  # noqa: E402
 from psapose.evaluation import keypoint_results, write_results  # noqa: E402
 from psapose.visualize import draw_poses  # noqa: E402
 
@@ -109,7 +112,7 @@ def image_ids(files: list[Path], ann: str | None) -> list[int]:
             try:
                 by_name[Path(record["file_name"]).name] = int(record["id"])
             except (KeyError, TypeError, ValueError) as err:
-                raise SystemExit(
+                raise DemoInputError(
                     f"{ann}: images[{i}]: needs 'file_name' and 'id' ({err})"
                 ) from None
     ids = []
@@ -118,7 +121,7 @@ def image_ids(files: list[Path], ann: str | None) -> list[int]:
             ids.append(by_name[f.name])
             continue
         if ann:
-            raise SystemExit(f"{ann}: no image record for {f.name}")
+            raise DemoInputError(f"{ann}: no image record for {f.name}")
         digits = re.findall(r"\d+", f.stem)
         ids.append(int(digits[-1]) if digits else position)
     return ids
@@ -128,7 +131,7 @@ def detection_boxes(path: str, threshold: float) -> dict[int, tuple[np.ndarray, 
     """Person boxes (xywh) and scores per image id from a COCO detection-results file."""
     data = read_json(path)
     if not isinstance(data, list):
-        raise SystemExit(f"{path}: expected a list of detections (COCO results format)")
+        raise DemoInputError(f"{path}: expected a list of detections (COCO results format)")
     boxes: dict[int, list] = defaultdict(list)
     scores: dict[int, list] = defaultdict(list)
     for i, det in enumerate(data):
@@ -138,10 +141,8 @@ def detection_boxes(path: str, threshold: float) -> dict[int, tuple[np.ndarray, 
             box = as_boxes(det["bbox"], where=f"{path}: detections[{i}].bbox")[0]
             boxes[int(det["image_id"])].append(box)
             scores[int(det["image_id"])].append(float(det["score"]))
-        except (KeyError, TypeError) as err:
-            raise SystemExit(f"{path}: detections[{i}]: missing or bad field ({err})") from None
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DemoInputError(f"{path}: detections[{i}]: missing or bad field ({err})") from None
     return {k: (np.asarray(v), np.asarray(scores[k])) for k, v in boxes.items()}
 
 
@@ -155,7 +156,7 @@ class PersonDetector:
         try:
             from torchvision.models.detection import fasterrcnn_resnet50_fpn
         except Exception as err:  # not installed, or built for another torch
-            raise SystemExit(
+            raise DemoInputError(
                 f"--detector needs torchvision matching your torch ({err}); "
                 "use --detections FILE or --box X Y W H instead"
             ) from None
@@ -241,7 +242,7 @@ def estimate_chunk(
 def frames(path: Path, max_frames: int) -> Iterator[np.ndarray]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise SystemExit(f"{path}: cannot open the video")
+        raise DemoInputError(f"{path}: cannot open the video")
     count = 0
     try:
         while not max_frames or count < max_frames:
@@ -260,13 +261,13 @@ def video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.Vid
         writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*fourcc), fps, size)
         if writer.isOpened():
             return writer, out
-    raise SystemExit(f"OpenCV cannot write a video here ({path}); use --no-images")
+    raise DemoInputError(f"OpenCV cannot write a video here ({path}); use --no-images")
 
 
 def run(args: argparse.Namespace) -> dict:
     source = Path(args.input)
     if not source.exists():
-        raise SystemExit(f"{source}: not found")
+        raise DemoInputError(f"{source}: not found")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     estimator = load_estimator(args)
@@ -277,6 +278,7 @@ def run(args: argparse.Namespace) -> dict:
     boxes_for = frame_boxes(args, detections, detector)
     start = time.perf_counter()
     people, results, outputs, count = 0, [], [], 0
+    unreadable: list[str] = []  # images skipped: one bad file must not cost the others
     is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
     if is_video:
         capture = cv2.VideoCapture(str(source))
@@ -284,22 +286,15 @@ def run(args: argparse.Namespace) -> dict:
         capture.release()
         chunks = _chunks(frames(source, args.max_frames), CHUNK)
     else:
-        try:
-            files = image_paths(source)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
-        ids = image_ids(files, args.ann)
-        chunks = (
-            [read_image(f, "rgb") for f in files[i : i + CHUNK]]
-            for i in range(0, len(files), CHUNK)
-        )
+        files = image_paths(source)
+        readable = _readable_images(files, image_ids(files, args.ann), unreadable)
+        chunks = _chunks(readable, CHUNK)
     writer = None
-    for images in chunks:
-        chunk_ids = (
-            list(range(count, count + len(images)))
-            if is_video
-            else ids[count : count + len(images)]
-        )
+    for chunk in chunks:
+        if is_video:
+            images, chunk_ids, names = chunk, list(range(count, count + len(chunk))), None
+        else:
+            names, chunk_ids, images = (list(column) for column in zip(*chunk, strict=True))
         poses, by_image = estimate_chunk(estimator, images, chunk_ids, boxes_for, args.nms)
         for position, (image, p, image_id) in enumerate(zip(images, poses, chunk_ids, strict=True)):
             people += len(p)
@@ -314,16 +309,25 @@ def run(args: argparse.Namespace) -> dict:
                     outputs.append(str(path))
                 writer.write(drawn)
             else:
-                path = out_dir / f"{files[count + position].stem}_poses.png"
-                cv2.imwrite(str(path), drawn)
+                path = out_dir / f"{names[position].stem}_poses.png"
+                if not cv2.imwrite(str(path), drawn):
+                    raise OSError(errno.EIO, f"cannot write {path}", str(path))
                 outputs.append(str(path))
         count += len(images)
     if writer is not None:
         writer.release()
     seconds = time.perf_counter() - start
+    if not is_video and count == 0:
+        raise DemoInputError(
+            f"{source}: none of the {len(unreadable)} images could be read "
+            f"(first: {unreadable[0] if unreadable else '-'})"
+        )
     results_path = write_results(results, out_dir / "results.json")
+    if unreadable:
+        log.warning("%d unreadable images skipped", len(unreadable))
     summary = {
         "images": count,
+        "unreadable": unreadable,
         "people": people,
         "results": len(results),
         "seconds": round(seconds, 3),
@@ -338,8 +342,20 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    chunk: list[np.ndarray] = []
+def _readable_images(
+    files: list[Path], ids: list[int], unreadable: list[str]
+) -> Iterator[tuple[Path, int, np.ndarray]]:
+    """(file, image id, RGB image) for every file that decodes; the others are reported."""
+    for path, image_id in zip(files, ids, strict=True):
+        try:
+            yield path, image_id, read_image(path, "rgb")
+        except ImageReadError as err:
+            log.warning("skipping an unreadable image: %s", err)
+            unreadable.append(str(err))
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -349,10 +365,17 @@ def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]
         yield chunk
 
 
+class DemoInputError(ValueError):
+    """A bad demo input (path, annotation or detection file, video), named in one line."""
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    summary = run(args)
+    # One line and exit 2 for bad input (ValueErrors here are the API's checks of boxes
+    # and folders), 4 for an unwritable output, 143 on SIGTERM: docs/reliability.md.
+    with error_contract("demo", extra=(ValueError,)), exit_on_signals("demo"):
+        summary = run(args)
     print(json.dumps(summary, indent=2))
     return 0
 

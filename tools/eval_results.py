@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psapose.cli import error_contract  # noqa: E402
 from psapose.evaluation import evaluate_keypoints, format_table  # noqa: E402
 
 
@@ -36,16 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     args = parser.parse_args(argv)
 
-    try:
+    # One line and exit 2 for a bad file: a missing or invalid JSON, a result with NaN,
+    # infinite or non-numeric values (named by its index), keypoint counts that do not fit.
+    with error_contract("eval_results", extra=(ValueError,)):
         sigmas = None
         if args.sigmas_from:
             from psapose.data.keypoint_spec import load_keypoint_spec
 
             sigmas = load_keypoint_spec(args.sigmas_from).sigmas_array
-        stats = evaluate_keypoints(args.gt, args.results, sigmas=sigmas)
-    except (OSError, ValueError) as err:
-        print(f"eval_results: error: {err}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            stats = evaluate_keypoints(args.gt, args.results, sigmas=sigmas)
+        for warning in caught:
+            print(f"eval_results: warning: {warning.message}", file=sys.stderr)
     print(json.dumps(stats, indent=1) if args.json else format_table(stats))
     return 0
 

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psapose.api import PoseEstimator, image_paths  # noqa: E402
+from psapose.cli import error_contract, exit_on_signals  # noqa: E402
 from psapose.data.transforms import read_image  # noqa: E402
 from psapose.export import check_onnx, export_onnx, onnx_session, random_weights  # noqa: E402
 
@@ -78,10 +79,7 @@ def check_images(args: argparse.Namespace) -> list[np.ndarray]:
 
         renders = [render_synthetic_image(seed=0, split="val2017", index=i) for i in range(2)]
         return [np.ascontiguousarray(r.image[..., ::-1]) for r in renders]  # BGR -> RGB
-    try:
-        files = [f for item in args.images for f in image_paths(item)]
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    files = [f for item in args.images for f in image_paths(item)]
     return [read_image(f, "rgb") for f in files]
 
 
@@ -101,6 +99,13 @@ def crops_of(estimator: PoseEstimator, images: list[np.ndarray], count: int) -> 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    # One line and exit 2 for bad input (checkpoint, config, images; ValueErrors are the
+    # API's checks), 4 for an unwritable output: docs/reliability.md. 1 is a failed check.
+    with error_contract("export_onnx", extra=(ValueError,)), exit_on_signals("export_onnx"):
+        return export_and_check(args)
+
+
+def export_and_check(args: argparse.Namespace) -> int:
     estimator, weights = load(args)
     model = estimator.model
     crops = None

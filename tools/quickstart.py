@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.config import ConfigError, input_size  # noqa: E402
+from psapose.cli import error_contract  # noqa: E402
+from psapose.config import input_size  # noqa: E402
 from psapose.data.builder import ensure_generated  # noqa: E402
 from psapose.engine.trainer import Trainer  # noqa: E402
 from psapose.evaluation import format_table  # noqa: E402
@@ -37,25 +38,17 @@ START = time.perf_counter()
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    generated = ensure_generated(cfg.data)
-    if generated:
-        log.info("synthetic dataset written to %s in %.1f s", cfg.data.root, generated["seconds"])
-    try:
+    # The same contract as tools/train.py: one line and exit 2 for bad input, 3 for a guard,
+    # 4 for a full disk, 143 after SIGTERM with a resumable checkpoint (docs/reliability.md).
+    with error_contract("quickstart", log.error):
+        generated = ensure_generated(cfg.data)
+        if generated:
+            log.info(
+                "synthetic dataset written to %s in %.1f s", cfg.data.root, generated["seconds"]
+            )
         trainer = Trainer(cfg, output_dir)
-    except ConfigError as err:
-        log.error("config error: %s", err)
-        raise SystemExit(2) from None
-    model = trainer.raw_model
-    size = input_size(trainer.cfg)
-    log.info(
-        "model %s + %s: %s parameters, %.3f GFLOPs at %dx%d, attention in %d blocks; "
-        "%d training people, %d val boxes, %d epochs",
-        type(model).__name__, trainer.cfg.attention.kind if "kind" in trainer.cfg.attention else "",
-        f"{count_parameters(model):,}", paper_convention_macs(model, size) / 2**30, *size,
-        len(attention_blocks(model)), len(trainer.train_set),
-        len(trainer.val_set) if trainer.val_set is not None else 0, trainer.cfg.schedule.epochs,
-    )  # fmt: skip
-    result = trainer.fit()
+        _describe(trainer)
+        result = trainer.fit()
     stats = result["stats"]
     wall = time.perf_counter() - START
     if stats:
@@ -66,6 +59,19 @@ def main(cfg: DictConfig) -> None:
     print(f"  predictions: {output_dir / 'predictions.png'}")
     print(f"  checkpoints: {output_dir / 'checkpoints'}")
     print(f"  TensorBoard: tensorboard --logdir {output_dir / 'tb'}")
+
+
+def _describe(trainer: Trainer) -> None:
+    model = trainer.raw_model
+    size = input_size(trainer.cfg)
+    log.info(
+        "model %s + %s: %s parameters, %.3f GFLOPs at %dx%d, attention in %d blocks; "
+        "%d training people, %d val boxes, %d epochs",
+        type(model).__name__, trainer.cfg.attention.kind if "kind" in trainer.cfg.attention else "",
+        f"{count_parameters(model):,}", paper_convention_macs(model, size) / 2**30, *size,
+        len(attention_blocks(model)), len(trainer.train_set),
+        len(trainer.val_set) if trainer.val_set is not None else 0, trainer.cfg.schedule.epochs,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

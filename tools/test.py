@@ -26,11 +26,13 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psapose.checkpoint import load_pose_checkpoint  # noqa: E402
+from psapose.cli import error_contract, exit_on_signals  # noqa: E402
 from psapose.config import ConfigError, build_model, input_size  # noqa: E402
 from psapose.data.builder import build_dataset  # noqa: E402
 from psapose.engine.distributed import cleanup, setup_distributed  # noqa: E402
 from psapose.engine.inference import evaluate_predictions, predict  # noqa: E402
-from psapose.engine.trainer import Progress, prepare_config  # noqa: E402
+from psapose.engine.progress import Progress  # noqa: E402
+from psapose.engine.trainer import prepare_config  # noqa: E402
 from psapose.evaluation import format_table, write_results, write_test_dev_results  # noqa: E402
 
 log = logging.getLogger("test")
@@ -87,13 +89,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    try:
-        run(cfg, output_dir)
-    except ConfigError as err:
-        log.error("config error: %s", err)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+    # One line and exit 2 for bad input (config, annotations, checkpoint), 4 for an
+    # unwritable output, 143 for SIGTERM: docs/reliability.md.
+    with error_contract("test", log.error), exit_on_signals("test", log):
+        try:
+            run(cfg, output_dir)
+        finally:
+            cleanup()
 
 
 if __name__ == "__main__":

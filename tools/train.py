@@ -17,6 +17,8 @@ Exit codes (docs/reliability.md):
   file, unusable or unsafe resume checkpoint), named in the log;
 * 3: stopped by a guard during training (too many unreadable images, too many
   non-finite losses in a row); the last good checkpoint is kept;
+* 4: an output could not be written (disk full, quota, read-only); the previous
+  checkpoint is kept;
 * 128 + N (143 for SIGTERM, 130 for SIGINT): stopped by signal N after writing
   a resumable ``checkpoints/latest.pth``; run again with ``resume=auto``.
 """
@@ -33,12 +35,9 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.checkpoint import CheckpointError  # noqa: E402
-from psapose.config import ConfigError  # noqa: E402
-from psapose.data.coco import AnnotationError  # noqa: E402
-from psapose.data.keypoint_spec import KeypointSpecError  # noqa: E402
+from psapose.cli import error_contract  # noqa: E402
 from psapose.engine.distributed import cleanup  # noqa: E402
-from psapose.engine.trainer import Trainer, TrainingError, TrainingInterrupted  # noqa: E402
+from psapose.engine.trainer import Trainer  # noqa: E402
 from psapose.evaluation import format_table  # noqa: E402
 
 log = logging.getLogger("train")
@@ -47,25 +46,14 @@ log = logging.getLogger("train")
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float:
     output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    try:
-        trainer = Trainer(cfg, output_dir)
-    except ConfigError as err:
-        log.error("config error: %s", err)
-        raise SystemExit(2) from None
-    except (AnnotationError, KeypointSpecError, CheckpointError) as err:
-        log.error("cannot start: %s", err)
-        raise SystemExit(2) from None
-    try:
-        result = trainer.fit()
-    except TrainingInterrupted as stop:
-        # Not 0: a scheduler must not take a pre-empted run for a finished one.
-        log.warning("%s", stop)
-        raise SystemExit(stop.exit_code) from None
-    except TrainingError as err:
-        log.error("training stopped: %s", err)
-        raise SystemExit(3) from None
-    finally:
-        cleanup()
+    # Anticipated failures (docs/reliability.md) end with one line and their exit code:
+    # 2 bad input at start, 3 a guard, 4 an unwritable output, 128 + N a stop signal.
+    with error_contract("train", log.error):
+        try:
+            trainer = Trainer(cfg, output_dir)
+            result = trainer.fit()
+        finally:
+            cleanup()
     if trainer.dist.is_main:
         if result["stats"]:
             log.info("final %s AP table:\n%s", cfg.eval.split, format_table(result["stats"]))

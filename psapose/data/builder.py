@@ -7,11 +7,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from psapose.data.coco import Instances, TopDownDataset, load_coco_annotations, load_detections
+from psapose.config import ConfigError
+from psapose.data.coco import (
+    AnnotationError,
+    Instances,
+    TopDownDataset,
+    load_coco_annotations,
+    load_detections,
+)
 from psapose.data.keypoint_spec import KeypointSpec, load_keypoint_spec
 from psapose.data.transforms import Augmentation
 
 __all__ = [
+    "DEFAULT_SYNTHETIC_ROOT",
     "SPLITS",
     "build_dataset",
     "build_keypoint_spec",
@@ -57,7 +65,7 @@ def load_split(
     ann_file = split_path(data_cfg, split, "ann_file")
     image_dir = split_path(data_cfg, split, "image_dir")
     if ann_file is None or image_dir is None:
-        raise ValueError(f"data.{node}.ann_file and data.{node}.image_dir must be set")
+        raise ConfigError(f"data.{node}.ann_file and data.{node}.image_dir must be set")
     padding = float(data_cfg.box_padding)
     category = data_cfg.get("category_id")
     use_gt = split == "train" or bool(
@@ -69,7 +77,7 @@ def load_split(
         )
     det_file = split_path(data_cfg, split, "det_file")
     if det_file is None:
-        raise ValueError(
+        raise ConfigError(
             f"data.{node}.det_file is not set: give a detection-results file"
             + (" or set data.val.use_gt_boxes=true" if split == "val" else "")
         )
@@ -101,6 +109,12 @@ def build_dataset(
     """
     spec = build_keypoint_spec(data_cfg)
     instances = load_split(data_cfg, split, spec, input_size[1] / input_size[0])
+    if len(instances) == 0:
+        raise AnnotationError(
+            f"{instances.source}: no usable instance of category {instances.category_id} "
+            f"for the {split} split ({instances.summary()}); check data.{_node_name(split)} "
+            "and data.category_id"
+        )
     augment = split == "train" if augment is None else augment
     aug = None
     if augment:
@@ -117,16 +131,38 @@ def build_dataset(
     )
 
 
+# The one place the synthetic dataset is written without being asked (configs/data/synthetic.yaml).
+DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
+
+
+def _is_default_synthetic_root(root: str) -> bool:
+    return Path(root).expanduser().resolve() == Path(DEFAULT_SYNTHETIC_ROOT).resolve()
+
+
 def ensure_generated(data_cfg: DictConfig) -> dict | None:
-    """Write the synthetic dataset under ``data.root`` when ``data.generate`` is set and
-    the training annotations are missing; returns the generator's summary (None if present)."""
-    spec = data_cfg.get("generate")
-    if not spec:
+    """Write the synthetic dataset under ``data.root`` if its training annotations are missing,
+    but only at its default place (``data/synthetic``) or when asked (``data.generate=true``).
+
+    Options come from ``data.synthetic`` (images, val_images, seed, difficulty). Returns the
+    generator's summary, or None when nothing was written. A missing dataset anywhere else
+    is a :class:`ConfigError` naming the path: a mistyped ``data.root`` must not silently
+    become an 18 MB dataset.
+    """
+    options = data_cfg.get("synthetic")
+    ask = bool(data_cfg.get("generate", False))
+    if not options and not ask:
         return None
     ann = split_path(data_cfg, "train", "ann_file")
     if ann is not None and ann.is_file():
         return None
+    root = str(data_cfg.root)
+    if not ask and not _is_default_synthetic_root(root):
+        raise ConfigError(
+            f"data.root={root}: no training annotations at {ann}; the synthetic dataset is "
+            f"written on its own only at {DEFAULT_SYNTHETIC_ROOT}: pass data.generate=true to "
+            "write it here, or fix data.root"
+        )
     from psapose.data.synthetic import generate_synthetic_coco
 
-    options = OmegaConf.to_container(spec, resolve=True)
-    return generate_synthetic_coco(Path(str(data_cfg.root)).expanduser(), workers=2, **options)
+    kwargs = OmegaConf.to_container(options, resolve=True) if options else {}
+    return generate_synthetic_coco(Path(root).expanduser(), workers=2, **kwargs)

@@ -67,7 +67,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         with path.open("rb") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise AnnotationError(f"{path}: cannot read the file ({err.strerror or err})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AnnotationError(f"{path}: not valid JSON: {err}") from err
 
 
@@ -103,6 +105,7 @@ class Instances:
     skipped: dict[str, int] = field(default_factory=dict)
     ann_file: str = ""  # the file listing the images (and, for evaluation, the ground truth)
     has_annotations: bool = False  # whether ann_file holds keypoint annotations to score against
+    category_id: int = 1  # the keypoint category the rows belong to
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -132,24 +135,62 @@ def _images_table(data: dict, source: str, image_dir: Path) -> tuple[dict[int, i
         for key in ("id", "file_name", "width", "height"):
             if key not in img:
                 raise AnnotationError(f"{where} (id {img.get('id')}): missing field '{key}'")
+        if not _is_int(img["id"]):
+            raise AnnotationError(f"{where}: field 'id' must be an integer, got {img['id']!r:.40}")
         if img["id"] in index:
             raise AnnotationError(f"{where}: duplicate image id {img['id']}")
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise AnnotationError(f"{where} (id {img['id']}): field 'file_name' must be a path")
+        width, height = (
+            _number_list([img[k]], 1, f"{where} (id {img['id']}): field '{k}'")[0]
+            for k in ("width", "height")
+        )
+        if width <= 0 or height <= 0:
+            raise AnnotationError(
+                f"{where} (id {img['id']}): fields 'width'/'height' must be positive, "
+                f"got {img['width']} x {img['height']}"
+            )
         index[img["id"]] = len(files)
         files.append(str(image_dir / img["file_name"]))
-        sizes.append((img["width"], img["height"]))
+        sizes.append((width, height))
     return index, files, sizes
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _keypoint_category(data: dict, source: str, num_keypoints: int, category_id: int | None) -> int:
-    if category_id is not None:
-        return category_id
+    """The keypoint category: ``category_id`` if given, else the one whose keypoint list fits.
+
+    The chosen category's keypoint names, when the file lists them, must be as many
+    as the keypoint spec has: a file labelled for another skeleton is named at load.
+    """
     cats = [c for c in data.get("categories") or [] if isinstance(c, dict)]
-    with_kps = [c for c in cats if len(c.get("keypoints") or []) == num_keypoints]
-    if len(with_kps) == 1:
-        return int(with_kps[0]["id"])
-    if len(cats) == 1:
-        return int(cats[0]["id"])
-    return 1  # COCO's person
+    if category_id is not None:
+        chosen = next((c for c in cats if c.get("id") == category_id), None)
+        if cats and chosen is None:
+            ids = ", ".join(str(c.get("id")) for c in cats)
+            raise AnnotationError(
+                f"{source}: no category with id {category_id} (data.category_id); "
+                f"the file has {ids}"
+            )
+    else:
+        with_kps = [c for c in cats if len(c.get("keypoints") or []) == num_keypoints]
+        if len(with_kps) == 1:
+            chosen = with_kps[0]
+        elif len(cats) == 1:
+            chosen = cats[0]
+        else:
+            return 1  # COCO's person
+    names = chosen.get("keypoints") if chosen is not None else None
+    if isinstance(names, list) and names and len(names) != num_keypoints:
+        raise AnnotationError(
+            f"{source}: category {chosen.get('id')} ({chosen.get('name', '?')!r}) lists "
+            f"{len(names)} keypoints ({', '.join(map(str, names[:4]))}, ...) but the keypoint "
+            f"spec has {num_keypoints}; set data.keypoints to the YAML for this data"
+        )
+    return int(category_id if category_id is not None else chosen["id"])
 
 
 def _number_list(value: Any, length: int, where: str) -> np.ndarray:
@@ -192,6 +233,69 @@ def _instances(
     )
 
 
+def _ground_truth_rows(
+    anns: list,
+    source: str,
+    image_of: dict[int, int],
+    sizes: list,
+    num_keypoints: int,
+    category: int,
+) -> tuple[dict[str, list], dict[str, int]]:
+    """Checked ground-truth people of ``category`` and the counts of records left out."""
+    skipped = {"other category": 0, "crowd": 0, "no keypoints": 0, "empty box": 0}
+    rows: dict[str, list] = {k: [] for k in ("image", "box", "kps", "area", "id")}
+    for i, ann in enumerate(anns):
+        where = f"{source}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
+        if not isinstance(ann, dict):
+            raise AnnotationError(f"{where}: expected an object")
+        if ann.get("category_id") != category:
+            skipped["other category"] += 1
+            continue
+        for key in ("image_id", "bbox", "keypoints"):
+            if key not in ann:
+                raise AnnotationError(f"{where}: missing field '{key}'")
+        if not _is_int(ann["image_id"]) or ann["image_id"] not in image_of:
+            raise AnnotationError(
+                f"{where}: field 'image_id' {ann['image_id']!r:.40} is not in 'images'"
+            )
+        if "id" in ann and not _is_int(ann["id"]):
+            raise AnnotationError(f"{where}: field 'id' must be an integer")
+        # Crowd regions are checked too: COCOeval reads their box and keypoints.
+        kps = _number_list(ann["keypoints"], 3 * num_keypoints, f"{where}: field 'keypoints'")
+        kps = kps.reshape(num_keypoints, 3)
+        x, y, w, h = _number_list(ann["bbox"], 4, f"{where}: field 'bbox'")
+        if "area" in ann:
+            area = float(_number_list([ann["area"]], 1, f"{where}: field 'area'")[0])
+        else:
+            area = float(w * h)
+        crowd = _number_list([ann.get("iscrowd", 0)], 1, f"{where}: field 'iscrowd'")[0]
+        if crowd:
+            skipped["crowd"] += 1
+            continue
+        if not (kps[:, 2] > 0).any():
+            skipped["no keypoints"] += 1
+            continue
+        if w < 0 or h < 0:
+            raise AnnotationError(f"{where}: field 'bbox' has a negative size ({w}, {h})")
+        if w == 0 or h == 0:
+            # A labelled person needs a box to crop: a zero-size one is a labelling error.
+            raise AnnotationError(f"{where}: field 'bbox' has zero area ({w}, {h})")
+        img = image_of[ann["image_id"]]
+        width, height = sizes[img]
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+        if not (area > 0 and x2 >= x1 and y2 >= y1):
+            skipped["empty box"] += 1
+            continue
+        rows["image"].append(img)
+        rows["box"].append((x1, y1, x2 - x1, y2 - y1))
+        rows["kps"].append(kps)
+        rows["area"].append(area)
+        rows["id"].append(ann.get("id", -1))
+    return rows, skipped
+
+
 def load_coco_annotations(
     ann_file: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -217,51 +321,7 @@ def load_coco_annotations(
             f"{source}: missing or invalid field 'annotations' (a list is required)"
         )
     category = _keypoint_category(data, source, num_keypoints, category_id)
-    skipped = {"other category": 0, "crowd": 0, "no keypoints": 0, "empty box": 0}
-    rows: dict[str, list] = {k: [] for k in ("image", "box", "kps", "area", "id")}
-    for i, ann in enumerate(anns):
-        where = f"{source}: annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
-        if not isinstance(ann, dict):
-            raise AnnotationError(f"{where}: expected an object")
-        if ann.get("category_id") != category:
-            skipped["other category"] += 1
-            continue
-        for key in ("image_id", "bbox", "keypoints"):
-            if key not in ann:
-                raise AnnotationError(f"{where}: missing field '{key}'")
-        if ann.get("iscrowd", 0):
-            skipped["crowd"] += 1
-            continue
-        if ann["image_id"] not in image_of:
-            raise AnnotationError(f"{where}: field 'image_id' {ann['image_id']} is not in 'images'")
-        kps = _number_list(ann["keypoints"], 3 * num_keypoints, f"{where}: field 'keypoints'")
-        kps = kps.reshape(num_keypoints, 3)
-        if not (kps[:, 2] > 0).any():
-            skipped["no keypoints"] += 1
-            continue
-        x, y, w, h = _number_list(ann["bbox"], 4, f"{where}: field 'bbox'")
-        if w < 0 or h < 0:
-            raise AnnotationError(f"{where}: field 'bbox' has a negative size ({w}, {h})")
-        if w == 0 or h == 0:
-            # A labelled person needs a box to crop: a zero-size one is a labelling error.
-            raise AnnotationError(f"{where}: field 'bbox' has zero area ({w}, {h})")
-        img = image_of[ann["image_id"]]
-        width, height = sizes[img]
-        x1, y1 = max(0.0, x), max(0.0, y)
-        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-        if "area" in ann:
-            area = float(_number_list([ann["area"]], 1, f"{where}: field 'area'")[0])
-        else:
-            area = float(w * h)
-        if not (area > 0 and x2 >= x1 and y2 >= y1):
-            skipped["empty box"] += 1
-            continue
-        rows["image"].append(img)
-        rows["box"].append((x1, y1, x2 - x1, y2 - y1))
-        rows["kps"].append(kps)
-        rows["area"].append(area)
-        rows["id"].append(ann.get("id", -1))
+    rows, skipped = _ground_truth_rows(anns, source, image_of, sizes, num_keypoints, category)
     n = len(rows["image"])
     return _instances(
         source, files, image_of, sizes, rows["image"], rows["box"], aspect_ratio, padding,
@@ -272,6 +332,7 @@ def load_coco_annotations(
         skipped=skipped,
         ann_file=source,
         has_annotations=True,
+        category_id=category,
     )  # fmt: skip
 
 
@@ -297,6 +358,13 @@ def load_detections(
     if not isinstance(info, dict):
         raise AnnotationError(f"{image_file}: expected a COCO annotation or image-info object")
     image_of, files, sizes = _images_table(info, str(image_file), Path(image_dir))
+    has_annotations = isinstance(info.get("annotations"), list) and bool(info["annotations"])
+    if has_annotations:
+        # Evaluation scores against this ground truth: check it now, not after training.
+        category = _keypoint_category(info, str(image_file), num_keypoints, category_id)
+        _ground_truth_rows(
+            info["annotations"], str(image_file), image_of, sizes, num_keypoints, category
+        )
     dets = read_json(det_file)
     if not isinstance(dets, list):
         raise AnnotationError(f"{source}: expected a list of detections")
@@ -317,12 +385,12 @@ def load_detections(
         if det.get("category_id", category_id) != category_id:
             skipped["other category"] += 1
             continue
-        score = float(det["score"])
-        if not np.isfinite(score):
-            raise AnnotationError(f"{where}: field 'score' is {det['score']}")
+        score = float(_number_list([det["score"]], 1, f"{where}: field 'score'")[0])
         if score < score_threshold:
             skipped["below score threshold"] += 1
             continue
+        if not _is_int(det["image_id"]):
+            raise AnnotationError(f"{where}: field 'image_id' must be an integer")
         if det["image_id"] not in image_of:
             skipped["image not listed"] += 1
             continue
@@ -343,7 +411,8 @@ def load_detections(
         ann_ids=np.full(n, -1, dtype=np.int64),
         skipped=skipped,
         ann_file=str(image_file),
-        has_annotations=isinstance(info.get("annotations"), list) and bool(info["annotations"]),
+        has_annotations=has_annotations,
+        category_id=category_id,
     )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "crop_to_image",
     "fix_aspect_ratio",
     "half_body_box",
+    "image_header_size",
     "invert_affine",
     "read_image",
     "sample_augmentation",
@@ -77,12 +78,52 @@ def _truncation_reason(data: bytes | np.ndarray) -> str | None:
     return None
 
 
+# Images larger than this are refused before decoding: a small file can declare a huge
+# canvas (a decompression bomb) and take gigabytes in every DataLoader worker. PIL's
+# error threshold; COCO's largest image has 0.3 megapixels.
+MAX_IMAGE_PIXELS = int(os.environ.get("PSAPOSE_MAX_IMAGE_PIXELS", 178_956_970))
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_header_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG or JPEG header, without decoding; None otherwise."""
+    head = bytes(data[:32])
+    if head.startswith(_PNG_START) and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not head.startswith(_JPEG_START):
+        return None
+    raw = data if isinstance(data, bytes) else np.asarray(data, dtype=np.uint8)
+    pos, end = 2, min(len(raw), 1 << 20)  # SOF comes early; do not scan huge files
+    while pos + 9 < end:
+        if raw[pos] != 0xFF:
+            return None
+        marker = int(raw[pos + 1])
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = (int(raw[pos + 2]) << 8) | int(raw[pos + 3])
+        if marker in _JPEG_SOF:
+            height = (int(raw[pos + 5]) << 8) | int(raw[pos + 6])
+            width = (int(raw[pos + 7]) << 8) | int(raw[pos + 8])
+            return width, height
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
 def read_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
     """Decode an image file to ``uint8`` HxWx3 (grayscale becomes 3 channels).
 
     ``color`` is ``rgb`` or ``bgr`` (OpenCV's native order, which the official
     SimpleBaseline ResNet models were trained on). A missing, empty,
-    undecodable or truncated (JPEG/PNG) file raises :class:`ImageReadError`.
+    undecodable or truncated (JPEG/PNG) file, one whose header declares more than
+    :data:`MAX_IMAGE_PIXELS`, and any failure inside the decoder raise
+    :class:`ImageReadError`.
     """
     if color not in ("rgb", "bgr"):
         raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
@@ -97,9 +138,24 @@ def read_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
     truncated = _truncation_reason(data)
     if truncated:
         raise ImageReadError(path, truncated)
-    image = cv2.imdecode(data, _IMREAD_FLAGS)
+    size = image_header_size(data)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            path,
+            f"{size[0]} x {size[1]} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+            "(PSAPOSE_MAX_IMAGE_PIXELS); a decompression bomb or a wrong header?",
+        )
+    try:
+        image = cv2.imdecode(data, _IMREAD_FLAGS)
+    except Exception as err:  # OpenCV raises cv2.error for some headers (sizes, depths)
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ImageReadError(path, f"the decoder failed: {reason}") from None
     if image is None:
         raise ImageReadError(path, "not a decodable image")
+    if image.ndim == 2:  # some builds return 1 channel for odd grayscale files
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ImageReadError(path, f"decoded to an unexpected {image.dtype} array {image.shape}")
     if color == "rgb":
         cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
     return image

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +18,23 @@ from psapose.data.coco import TopDownDataset
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import crop_to_image
 from psapose.engine.distributed import all_gather_objects
+from psapose.engine.faults import worker_ignores_stop_signals
 from psapose.engine.sampler import EpochSampler
 
-__all__ = ["Predictions", "autocast", "evaluate_predictions", "predict", "predict_heatmaps"]
+__all__ = [
+    "EvaluationStopped",
+    "Predictions",
+    "autocast",
+    "evaluate_predictions",
+    "predict",
+    "predict_heatmaps",
+]
 
 log = logging.getLogger("psapose")
+
+
+class EvaluationStopped(Exception):  # noqa: N818 (a requested stop, not an error)
+    """``predict`` was asked to stop (a stop signal) before it finished."""
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -84,11 +96,15 @@ def predict(
     rank: int = 0,
     world_size: int = 1,
     progress: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Predictions:
     """Keypoints of every crop of ``dataset`` in image pixels (gathered on every rank).
 
     Crops whose image cannot be read (``valid`` False) are left out of the
-    predictions, each path logged once.
+    predictions, each path logged once. ``should_stop`` is asked before every
+    batch (on every rank, so under DDP it must agree across ranks); when it says
+    yes, :class:`EvaluationStopped` is raised (a pre-empted run stops within a
+    batch instead of finishing a long evaluation).
     """
     was_training = model.training
     model.eval()
@@ -101,11 +117,17 @@ def predict(
         sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=worker_ignores_stop_signals if workers > 0 else None,
     )
     flip_indices = dataset.spec.flip_indices if flip_test else None
     parts = []
     unreadable: dict[str, int] = {}
     for batch in _progress(loader, progress):
+        if should_stop is not None and should_stop():
+            model.train(was_training)
+            raise EvaluationStopped(
+                f"evaluation stopped after {len(parts)} of {len(loader)} batches"
+            )
         images = normalize_images(batch["image"], device=device, channels_last=channels_last)
         heatmaps = predict_heatmaps(model, images, codec, flip_indices, precision)
         keypoints, scores = codec.decode(heatmaps)

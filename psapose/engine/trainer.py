@@ -21,11 +21,8 @@ import math
 import os
 import random
 import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +35,42 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from psapose.checkpoint import (
-    CheckpointError,
-    UnsafeCheckpointError,
-    load_checkpoint_file,
-    load_pretrained_backbone,
-)
+from psapose.checkpoint import CheckpointError, UnsafeCheckpointError, load_pretrained_backbone
 from psapose.config import build_model, input_size, validate_config
 from psapose.data.builder import build_dataset, build_keypoint_spec, ensure_generated
 from psapose.data.coco import AnnotationError, AnnotationFileNotFound, TopDownDataset
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import read_image
+from psapose.engine.checkpoints import (
+    LATEST,
+    PREVIOUS,
+    atomic_save,
+    find_resume_checkpoint,
+    get_rng_state,
+    read_training_checkpoint,
+    resume_candidates,
+    set_aside,
+    set_rng_state,
+)
 from psapose.engine.distributed import all_gather_objects, barrier, setup_distributed
-from psapose.engine.inference import Predictions, autocast, evaluate_predictions, predict
+from psapose.engine.faults import (
+    BadSamples,
+    DataError,
+    NonFiniteLossError,
+    StopSignals,
+    TrainingError,
+    TrainingInterrupted,
+    worker_ignores_stop_signals,
+)
+from psapose.engine.inference import (
+    EvaluationStopped,
+    Predictions,
+    autocast,
+    evaluate_predictions,
+    predict,
+)
 from psapose.engine.loss import build_loss
+from psapose.engine.progress import Progress
 from psapose.engine.sampler import EpochSampler
 from psapose.visualize import draw_poses, heatmap_image, image_grid
 
@@ -65,142 +84,12 @@ __all__ = [
     "atomic_save",
     "find_resume_checkpoint",
     "prepare_config",
+    "read_training_checkpoint",
     "resume_candidates",
     "seed_everything",
 ]
 
 log = logging.getLogger("psapose")
-
-LATEST, PREVIOUS = "latest.pth", "previous.pth"
-_TRAINING_KEYS = ("model", "optimizer", "scaler", "epoch", "step", "rng")
-_EXAMPLES = 5  # bad files named in the error that stops a run
-
-
-class TrainingError(RuntimeError):
-    """A fault that stops the run on purpose; the last good checkpoint is kept as it was."""
-
-
-class DataError(TrainingError):
-    """More unreadable training samples than ``data.max_bad_fraction`` allows."""
-
-
-class NonFiniteLossError(TrainingError, FloatingPointError):
-    """``schedule.max_nonfinite_steps`` NaN/inf losses in a row."""
-
-
-class TrainingInterrupted(Exception):  # noqa: N818 (not an error: a requested stop)
-    """SIGTERM or SIGINT stopped training after writing a resumable checkpoint."""
-
-    def __init__(self, signum: int, checkpoint: Path, epoch: int, batch: int) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"stopped by {name} at epoch {epoch + 1}, batch {batch}; "
-            f"resumable checkpoint {checkpoint}"
-        )
-        self.signum, self.checkpoint, self.epoch, self.batch = signum, checkpoint, epoch, batch
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for a process stopped by a signal: 128 + its number."""
-        return 128 + self.signum
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The renames themselves must reach the disk too, or a power cut can undo them.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename: a crash never leaves half a file.
-
-    With ``keep_previous``, an existing ``path`` is first renamed there, so the
-    checkpoint before this one survives (the fallback if this one is corrupt).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def resume_candidates(output_dir: Path) -> list[Path]:
-    """Checkpoints ``resume=auto`` may continue from, newest first."""
-    folder = Path(output_dir) / "checkpoints"
-    return [p for p in (folder / LATEST, folder / PREVIOUS) if p.is_file()]
-
-
-def find_resume_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint file in ``output_dir`` (not checked for validity)."""
-    candidates = resume_candidates(output_dir)
-    return candidates[0] if candidates else None
-
-
-def read_training_checkpoint(path: Path) -> dict[str, Any]:
-    """A psapose training checkpoint, loaded safely and checked for completeness."""
-    state = load_checkpoint_file(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a psapose training checkpoint (not a mapping)")
-    missing = [k for k in _TRAINING_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path}: not a complete psapose training checkpoint (missing {', '.join(missing)})"
-        )
-    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad:
-        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
-    return state
-
-
-class Progress:
-    """Rate and ETA: a live line on a terminal, periodic log lines otherwise."""
-
-    def __init__(self, total: int, label: str, every: int = 20, enabled: bool = True) -> None:
-        self.total, self.label, self.every, self.enabled = total, label, every, enabled
-        self.count, self.steps, self.start = 0, 0, time.perf_counter()
-        self.tty = enabled and sys.stderr.isatty()
-        self.extra = ""
-
-    def update(self, items: int, extra: str = "") -> None:
-        self.count += items
-        self.steps += 1
-        self.extra = extra
-        if not self.enabled:
-            return
-        if self.tty:
-            sys.stderr.write("\r" + self.line())
-            sys.stderr.flush()
-        elif self.steps % self.every == 0:
-            log.info(self.line())
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        rate = self.count / max(elapsed, 1e-9)
-        eta = (self.total - self.steps) * elapsed / max(self.steps, 1)
-        return (
-            f"{self.label} {self.steps}/{self.total} {rate:.1f} img/s "
-            f"eta {eta:.0f}s {self.extra}".rstrip()
-        )
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\r" + self.line() + "\n")
 
 
 def prepare_config(cfg: DictConfig) -> tuple[DictConfig, Any, Any]:
@@ -225,32 +114,6 @@ def _lr_factor(step: int, epoch: int, sched: DictConfig) -> float:
         alpha = step / sched.warmup_iters
         factor *= sched.warmup_ratio * (1 - alpha) + alpha
     return factor
-
-
-def _rng_state() -> dict[str, Any]:
-    # Only tensors and plain Python values, so the checkpoint loads with weights_only=True.
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    legacy = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
-    np.random.set_state(legacy)  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _ignore_sigint_in_worker(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process turns it into a
-    # checkpoint and a clean stop, which needs its workers alive meanwhile.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -281,6 +144,8 @@ class Trainer:
         self.precision = cfg.precision
         if self.precision == "bf16" and self.device.type == "cpu":
             log.info("bf16 autocast on the CPU")
+        # Every input is read and checked here, before any training: a broken val file
+        # must not surface after the first epoch.
         self.train_set = build_dataset(
             cfg.data, "train", self.input_size, seed=cfg.seed, udp=self.codec.use_udp
         )
@@ -301,9 +166,10 @@ class Trainer:
             drop_last=True,
         )
         if self.sampler.num_batches() == 0:
-            raise ValueError(
-                f"{len(self.train_set)} training samples are fewer than one global batch "
-                f"({self.sampler.global_batch}); lower schedule.batch_size"
+            raise AnnotationError(
+                f"{self.train_set.instances.source}: {len(self.train_set)} training samples are "
+                f"fewer than one global batch ({self.sampler.global_batch}); lower "
+                "schedule.batch_size"
             )
         self.loader = DataLoader(
             self.train_set,
@@ -313,18 +179,20 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.workers > 0,
             drop_last=True,
-            worker_init_fn=_ignore_sigint_in_worker if cfg.workers > 0 else None,
+            worker_init_fn=worker_ignores_stop_signals if cfg.workers > 0 else None,
         )
         self.epoch, self.step, self.best_ap = 0, 0, -1.0
         self.history: list[dict[str, Any]] = []
         # Position inside the current epoch, so that a checkpoint written mid-epoch resumes exactly.
         self.batch_in_epoch = 0
         self.epoch_losses: list[float] = []
+        # An epoch whose checkpoint was written but whose evaluation did not finish.
+        self.pending_eval = False
         self.counters = {"skipped_samples": 0, "nonfinite_steps": 0}  # whole run
         self.epoch_counters = {"skipped_samples": 0, "nonfinite_steps": 0}
-        self.bad_samples: dict[int, str] = {}  # dataset index -> reason (path named), all ranks
+        self.bad = BadSamples(len(self.train_set), cfg.data.max_bad_fraction)
         self.consecutive_nonfinite = 0
-        self._signal: int | None = None  # set by the signal handler, this process only
+        self.signals = StopSignals()  # this process's signal; installed by fit()
         self.stop_signal: int | None = None  # agreed by all ranks: stop after this step
         self._buffer_snapshot: list[torch.Tensor] | None = None
         self.writer = None
@@ -335,6 +203,11 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.output_dir / "tb"))
         self._maybe_resume()
+
+    @property
+    def bad_samples(self) -> dict[int, str]:
+        """Unreadable training samples seen so far: dataset index -> reason (path named)."""
+        return self.bad.samples
 
     # ------------------------------------------------------------------ building
     def _eval_dataset(self, split: str) -> TopDownDataset | None:
@@ -395,11 +268,12 @@ class Trainer:
             "history": self.history,
             "batch_in_epoch": self.batch_in_epoch,
             "epoch_losses": list(self.epoch_losses),
+            "pending_eval": self.pending_eval,
             "counters": dict(self.counters),
             "epoch_counters": dict(self.epoch_counters),
-            "bad_samples": dict(self.bad_samples),
+            "bad_samples": dict(self.bad.samples),
             "consecutive_nonfinite": self.consecutive_nonfinite,
-            "rng": _rng_state(),
+            "rng": get_rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
@@ -429,54 +303,53 @@ class Trainer:
         if not candidates:
             log.info("resume=auto: no checkpoint in %s, starting fresh", self.output_dir)
             return
-        problems = []
+        problems: list[str] = []
         for path in candidates:
             try:
                 state = read_training_checkpoint(path)
+                self._load_training_state(state, path)
             except UnsafeCheckpointError:
                 raise  # never skipped silently: someone put code where weights belong
             except CheckpointError as err:
                 log.warning("resume=auto: cannot use %s: %s", path, err)
                 problems.append(str(err))
                 continue
-            self._load_training_state(state, path)
             if problems and self.dist.is_main:
-                self._set_aside_unusable(candidates[: len(problems)])
+                # Renamed, not deleted (kept for inspection), so the next save cannot
+                # rotate a corrupt latest.pth into previous.pth over the good one.
+                for bad in candidates[: len(problems)]:
+                    log.warning("resume=auto: moved the unusable %s to %s", bad, set_aside(bad))
             return
         raise CheckpointError(
             f"resume=auto: no usable checkpoint in {self.output_dir / 'checkpoints'} "
             f"({'; '.join(problems)}). Move them away to start from scratch, or pass resume=PATH."
         )
 
-    def _set_aside_unusable(self, paths: list[Path]) -> None:
-        # Renamed, not deleted (kept for inspection), so the next save cannot rotate
-        # a corrupt latest.pth into previous.pth over the good one.
-        for path in paths:
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
-            log.warning("resume=auto: moved the unusable %s to %s", path.name, aside)
-
     def _load_training_state(self, state: dict[str, Any], path: Path) -> None:
+        """Apply a checkpoint read (and checked) by :func:`read_training_checkpoint`."""
+        batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        if batch_in_epoch > self.sampler.num_batches():
+            raise CheckpointError(
+                f"{path}: stopped at batch {batch_in_epoch} of an epoch that now has "
+                f"{self.sampler.num_batches()}; resume with the same data and batch size"
+            )
         try:
             self.raw_model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as err:
+            set_rng_state(state["rng"])
+        except Exception as err:  # shapes, optimizer groups, RNG layout: all "does not fit"
             raise CheckpointError(f"{path}: does not fit this model and config: {err}") from err
-        self.epoch, self.step, self.best_ap = state["epoch"], state["step"], state["best_ap"]
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_ap = float(state.get("best_ap", -1.0))
         self.history = list(state.get("history", []))
-        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        if self.batch_in_epoch > self.sampler.num_batches():
-            raise CheckpointError(
-                f"{path}: stopped at batch {self.batch_in_epoch} of an epoch that now has "
-                f"{self.sampler.num_batches()}; resume with the same data and batch size"
-            )
+        self.batch_in_epoch = batch_in_epoch
         self.epoch_losses = list(state.get("epoch_losses", []))
+        self.pending_eval = bool(state.get("pending_eval", False))
         self.counters.update(state.get("counters", {}))
         self.epoch_counters.update(state.get("epoch_counters", {}))
-        self.bad_samples = {int(k): v for k, v in state.get("bad_samples", {}).items()}
+        self.bad.samples = {int(k): v for k, v in state.get("bad_samples", {}).items()}
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
-        _set_rng_state(state["rng"])
         log.info(
             "resumed from %s at epoch %d, batch %d (step %d)",
             path, self.epoch + 1, self.batch_in_epoch, self.step,
@@ -526,13 +399,14 @@ class Trainer:
             self.scaler.scale(loss).backward()
             total += loss.item()
         nonfinite, signalled, invalid_rows, new_count = self._agree(
-            [not math.isfinite(total), self._signal is not None, invalid_rows, len(new_bad)]
+            [not math.isfinite(total), self.signals.requested, invalid_rows, len(new_bad)]
         )
         if invalid_rows:
             self.counters["skipped_samples"] += invalid_rows
             self.epoch_counters["skipped_samples"] += invalid_rows
         if new_count:
-            self._record_bad_samples(new_bad)
+            parts = all_gather_objects(new_bad) if self.dist.enabled else [new_bad]
+            self.bad.add(parts, announce=self.dist.is_main)
         if nonfinite:
             self._skip_nonfinite_step(total)
         else:
@@ -545,7 +419,7 @@ class Trainer:
         # Counts batches consumed, skipped ones too: the schedule follows the data position.
         self.step += 1
         if signalled:
-            self.stop_signal = self._signal or signal.SIGTERM  # another rank's signal
+            self.stop_signal = self.signals.signum or signal.SIGTERM  # another rank's signal
         if self.writer is not None and self.step % self.cfg.log_interval == 0:
             self.writer.add_scalar("train/loss", total, self.step)
             self.writer.add_scalar("train/lr", lr, self.step)
@@ -567,31 +441,7 @@ class Trainer:
             return 0, []
         rows = (~batch["valid"].bool()).nonzero().flatten().tolist()
         indices = [int(batch["index"][r]) for r in rows]
-        new = [(i, batch["error"][r]) for i, r in zip(indices, rows, strict=True)]
-        return len(rows), [(i, err) for i, err in new if i not in self.bad_samples]
-
-    def _record_bad_samples(self, new_bad: list[tuple[int, str]]) -> None:
-        """Merge every rank's newly seen unreadable samples; stop past ``data.max_bad_fraction``."""
-        parts = all_gather_objects(new_bad) if self.dist.enabled else [new_bad]
-        logged = set(self.bad_samples.values())
-        for part in parts:
-            for index, reason in part:
-                if index in self.bad_samples:
-                    continue
-                self.bad_samples[index] = reason
-                if reason not in logged and self.dist.is_main:
-                    log.warning("skipping an unreadable training sample: %s", reason)
-                logged.add(reason)
-        limit = self.cfg.data.max_bad_fraction * len(self.train_set)
-        if len(self.bad_samples) > limit:
-            examples = list(dict.fromkeys(self.bad_samples.values()))[:_EXAMPLES]
-            raise DataError(
-                f"{len(self.bad_samples)} of {len(self.train_set)} training samples cannot be "
-                f"read, more than data.max_bad_fraction={self.cfg.data.max_bad_fraction} allows "
-                f"({limit:.1f}); for example:\n  "
-                + "\n  ".join(examples)
-                + "\nFix or remove these files, or raise data.max_bad_fraction."
-            )
+        return len(rows), self.bad.new_in(indices, [batch["error"][r] for r in rows])
 
     def _snapshot_buffers(self) -> None:
         # BatchNorm statistics move in the forward pass: a NaN batch would poison them
@@ -632,7 +482,7 @@ class Trainer:
             )
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """The loader's batches; a loader killed by the signal that stops us ends the epoch early."""
+        """The loader's batches; a loader whose workers died after a stop signal ends the epoch."""
         iterator = iter(self.loader)
         while True:
             try:
@@ -640,11 +490,12 @@ class Trainer:
             except StopIteration:
                 return
             except RuntimeError as err:
-                # A scheduler's SIGTERM to the process group also kills the workers.
-                if self._signal is None:
+                # Workers killed with the rest of the process group (they ignore SIGTERM,
+                # but a scheduler may follow with SIGKILL, or kill them one by one).
+                if not self.signals.requested:
                     raise
                 log.warning("data loading stopped after the signal (%s)", err)
-                self.stop_signal = self._signal
+                self.stop_signal = self.signals.signum
                 return
             yield batch
 
@@ -680,6 +531,11 @@ class Trainer:
         return mean
 
     def evaluate(self) -> tuple[Predictions | None, dict[str, float] | None]:
+        """Predictions on the evaluation split and, on the main rank, its AP table.
+
+        Raises :class:`EvaluationStopped` when a stop signal arrives meanwhile (agreed
+        by all ranks batch by batch).
+        """
         if self.val_set is None:
             return None, None
         c = self.cfg.eval
@@ -695,6 +551,7 @@ class Trainer:
             channels_last=self.cfg.channels_last,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            should_stop=lambda: bool(self._agree([self.signals.requested])[0]),
         )
         stats = None
         if self.dist.is_main:
@@ -708,39 +565,17 @@ class Trainer:
 
         SIGTERM and SIGINT (main thread only; the previous handlers are put
         back afterwards) stop after the current step with a resumable
-        checkpoint and raise :class:`TrainingInterrupted`. Too many unreadable
-        samples raise :class:`DataError`, too many non-finite losses in a row
+        checkpoint and raise :class:`TrainingInterrupted` (see
+        :mod:`psapose.engine.faults`). Too many unreadable samples raise
+        :class:`DataError`, too many non-finite losses in a row
         :class:`NonFiniteLossError`; both leave the checkpoints as they were.
         """
-        with self._signals_stop_training():
+        self.signals = StopSignals()
+        with self.signals:
             return self._fit()
 
-    @contextmanager
-    def _signals_stop_training(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-        watched = (signal.SIGTERM, signal.SIGINT)
-        previous = {s: signal.getsignal(s) for s in watched}
-
-        def request_stop(signum: int, frame: Any) -> None:
-            if self._signal is not None:
-                # A second signal: stop now, without a new checkpoint (the last one is whole).
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
-            self._signal = signum
-
-        for s in watched:
-            signal.signal(s, request_stop)
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
     def _stop_for_signal(self, write: bool) -> None:
-        signum = self.stop_signal or self._signal or signal.SIGTERM
+        signum = self.stop_signal or self.signals.signum or signal.SIGTERM
         path = self.save(LATEST) if write else self.output_dir / "checkpoints" / LATEST
         barrier()
         if self.dist.is_main:
@@ -752,49 +587,72 @@ class Trainer:
             )  # fmt: skip
         raise TrainingInterrupted(signum, path, self.epoch, self.batch_in_epoch)
 
+    def _evaluation_due(self) -> bool:
+        interval = self.cfg.eval.interval
+        last = self.epoch == self.cfg.schedule.epochs
+        return self.val_set is not None and (last or bool(interval and self.epoch % interval == 0))
+
+    def _evaluate_epoch(self, record: dict[str, Any]) -> tuple[Predictions | None, dict | None]:
+        """Evaluate the epoch just checkpointed; record its stats, then checkpoint them.
+
+        The epoch's checkpoint is already on disk (``pending_eval`` set): a failed or
+        interrupted evaluation loses no training, and a resumed run evaluates it first.
+        """
+        try:
+            preds, stats = self.evaluate()
+        except EvaluationStopped:
+            self.stop_signal = self.signals.signum or signal.SIGTERM
+            self._stop_for_signal(write=False)
+        self.pending_eval = False
+        if stats is not None:
+            record.update(stats)
+            self._log_stats(stats)
+            if "AP" in stats and stats["AP"] > self.best_ap:
+                self.best_ap = stats["AP"]
+                self.save("best.pth")
+        self.save(LATEST)
+        return preds, stats
+
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         epochs = cfg.schedule.epochs
         stats: dict[str, float] | None = None
         preds = None
         t0 = time.perf_counter()
+        if self.pending_eval and self.history:
+            log.info("evaluating epoch %d, whose evaluation did not finish before", self.epoch)
+            preds, stats = self._evaluate_epoch(self.history[-1])
         while self.epoch < epochs:
             loss = self.train_epoch()
             if self.stop_signal is not None:
                 self._stop_for_signal(write=True)
             self.epoch += 1
             record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, **self.epoch_counters}
-            self.batch_in_epoch, self.epoch_losses = 0, []
-            last = self.epoch == epochs
-            if self.val_set is not None and (
-                last or (cfg.eval.interval and self.epoch % cfg.eval.interval == 0)
-            ):
-                preds, stats = self.evaluate()
-                if stats is not None:
-                    record.update(stats)
-                    self._log_stats(stats)
             self.history.append(record)
-            if stats is not None and "AP" in record and record["AP"] > self.best_ap:
-                self.best_ap = record["AP"]
-                self.save("best.pth")
-            if self.dist.is_main:
-                faults = ", ".join(
-                    f"{v} {k.replace('_', ' ')}" for k, v in self.epoch_counters.items() if v
-                )
-                log.info(
-                    "epoch %d/%d loss %.4e%s%s", self.epoch, epochs, loss,
-                    f" AP {stats['AP']:.4f}" if stats and "AP" in record else "",
-                    f" ({faults})" if faults else "",
-                )  # fmt: skip
+            self.batch_in_epoch, self.epoch_losses = 0, []
             if self.writer is not None:
                 for key, value in self.epoch_counters.items():
                     self.writer.add_scalar(f"train/{key}", value, self.epoch)
             self.epoch_counters = dict.fromkeys(self.epoch_counters, 0)
+            stats = None
+            # The epoch's training is saved before it is evaluated.
+            self.pending_eval = self._evaluation_due()
             self.save(LATEST)
             barrier()
+            if self.pending_eval:
+                preds, stats = self._evaluate_epoch(record)
+            if self.dist.is_main:
+                faults = ", ".join(
+                    f"{record[k]} {k.replace('_', ' ')}" for k in self.counters if record.get(k)
+                )
+                log.info(
+                    "epoch %d/%d loss %.4e%s%s", self.epoch, epochs, loss,
+                    f" AP {stats['AP']:.4f}" if stats and "AP" in stats else "",
+                    f" ({faults})" if faults else "",
+                )  # fmt: skip
             # A signal during evaluation or saving: the epoch's checkpoint is already written.
-            if self.epoch < epochs and self._agree([self._signal is not None])[0]:
-                self.stop_signal = self._signal or signal.SIGTERM
+            if self.epoch < epochs and self._agree([self.signals.requested])[0]:
+                self.stop_signal = self.signals.signum or signal.SIGTERM
                 self._stop_for_signal(write=False)
         if preds is not None and self.dist.is_main:
             self._write_prediction_images(preds)
@@ -810,17 +668,13 @@ class Trainer:
             "seconds": time.perf_counter() - t0,
             "skipped_samples": self.counters["skipped_samples"],
             "nonfinite_steps": self.counters["nonfinite_steps"],
-            "bad_samples": dict(self.bad_samples),
+            "bad_samples": dict(self.bad.samples),
         }
 
     def _fault_summary(self) -> str:
         parts = []
         if self.counters["skipped_samples"]:
-            files = len(set(self.bad_samples.values()))
-            parts.append(
-                f"{self.counters['skipped_samples']} unreadable samples skipped "
-                f"({len(self.bad_samples)} distinct samples, {files} files)"
-            )
+            parts.append(self.bad.summary(self.counters["skipped_samples"]))
         if self.counters["nonfinite_steps"]:
             parts.append(f"{self.counters['nonfinite_steps']} non-finite loss steps skipped")
         return "; ".join(parts)
@@ -858,12 +712,20 @@ class Trainer:
             rows = preds.image_ids == image_id
             keep = preds.box_scores[rows] >= 0.3
             path = inst.image_files[id_to_index[image_id]]
-            image = read_image(path)
+            try:
+                image = read_image(path)
+            except OSError as err:  # unreadable now (or a full disk): the picture is optional
+                log.warning("predictions.png: leaving out %s (%s)", path, err)
+                continue
             drawn = draw_poses(
                 image, preds.keypoints[rows][keep], preds.scores[rows][keep], self.spec, 0.3
             )
             tiles.append(cv2.resize(drawn, (320, 256)))
+        if not tiles:
+            return
         grid = image_grid(tiles, columns=4)
-        cv2.imwrite(str(self.output_dir / "predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        path = self.output_dir / "predictions.png"
+        if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            log.warning("could not write %s", path)
         if self.writer is not None:
             self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")

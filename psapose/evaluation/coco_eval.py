@@ -238,7 +238,43 @@ def load_results(results: list | str | os.PathLike) -> list[dict]:
         kps = r["keypoints"]
         if not isinstance(kps, list | tuple | np.ndarray) or np.ndim(kps) != 1 or len(kps) % 3:
             raise ValueError(f"{source}[{i}]: 'keypoints' must be a flat list [x, y, score] * K")
+        for key in ("image_id", "category_id"):
+            if not isinstance(r[key], int | np.integer) or isinstance(r[key], bool):
+                raise ValueError(
+                    f"{source}[{i}]: field '{key}' must be an integer, got {r[key]!r:.40}"
+                )
+    _check_finite([r["score"] for r in data], source, "score")
+    _check_finite([r["keypoints"] for r in data], source, "keypoints")
     return data
+
+
+def _check_finite(values: list, source: str, field: str) -> None:
+    """Every value a finite number (not a string, not a bool): NaN scores sort anywhere and
+    NaN keypoints match nothing, yet COCOeval scores them without a word (all-NaN scores gave
+    AP 1.0), and a numeric string fails deep inside it."""
+
+    def numbers(value: Any) -> np.ndarray | None:
+        try:
+            array = np.asarray(value)
+        except ValueError:  # ragged
+            return None
+        return array if array.dtype.kind in "iuf" else None
+
+    whole = numbers(values)  # one array for the common case
+    rows = [(0, whole)] if whole is not None else [(i, numbers(v)) for i, v in enumerate(values)]
+    for offset, array in rows:
+        if array is None:
+            raise ValueError(
+                f"{source}[{offset}]: field '{field}' holds a value that is not a number"
+            )
+        bad = ~np.isfinite(array.reshape(max(len(array), 1) if array.ndim else 1, -1)).all(axis=1)
+        if bad.any():
+            i = offset + int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{source}[{i}]: field '{field}' is not finite ({values[i]!r:.60}); "
+                f"{int(bad.sum()) if whole is not None else 'one or more'} results have NaN or "
+                f"infinite {field}"
+            )
 
 
 class ResultArrays(NamedTuple):

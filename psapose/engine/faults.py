@@ -1,0 +1,193 @@
+"""Faults a long run meets: stop signals, unreadable samples, non-finite losses.
+
+**Stop signals.** Schedulers pre-empt a job by sending SIGTERM to its whole
+process group (Slurm, ``timeout``, systemd, Kubernetes), and ``torchrun``
+forwards the one it gets to its ranks, so a rank can see SIGTERM twice and its
+DataLoader workers see it at the same moment as the main process. Here:
+
+* workers ignore SIGTERM and SIGINT (:func:`worker_ignores_stop_signals`): the
+  main process finishes the current step with them alive, writes a resumable
+  checkpoint and then shuts them down itself;
+* the first SIGTERM or SIGINT only sets a flag (:class:`StopSignals`) that the
+  loop reads between steps; a repeated SIGTERM is the launcher's copy and is
+  ignored; a second SIGINT (Ctrl-C pressed again) stops at once;
+* once a stop is requested, a dying worker can no longer raise PyTorch's
+  ``DataLoader worker ... killed by signal`` from whatever line the main process
+  is on (its SIGCHLD check is suspended); the loader reports it at the next
+  batch instead, where the loop treats it as the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "BadSamples",
+    "DataError",
+    "NonFiniteLossError",
+    "StopSignals",
+    "TrainingError",
+    "TrainingInterrupted",
+    "worker_ignores_stop_signals",
+]
+
+log = logging.getLogger("psapose")
+
+_EXAMPLES = 5  # bad files named in the error that stops a run
+
+
+class TrainingError(RuntimeError):
+    """A fault that stops the run on purpose; the last good checkpoint is kept as it was."""
+
+
+class DataError(TrainingError):
+    """More unreadable training samples than ``data.max_bad_fraction`` allows."""
+
+
+class NonFiniteLossError(TrainingError, FloatingPointError):
+    """``schedule.max_nonfinite_steps`` NaN/inf losses in a row."""
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 (not an error: a requested stop)
+    """SIGTERM or SIGINT stopped training after writing a resumable checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path, epoch: int, batch: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} at epoch {epoch + 1}, batch {batch}; "
+            f"resumable checkpoint {checkpoint}"
+        )
+        self.signum, self.checkpoint, self.epoch, self.batch = signum, checkpoint, epoch, batch
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process stopped by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGINT and SIGTERM are for the main process.
+
+    A terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group;
+    the main process turns them into a checkpoint and a clean stop, which needs
+    its workers alive meanwhile. Workers still end when the main process shuts
+    the loader down, and on their own if it dies (PyTorch's parent watchdog).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _torch_sigchld_handler() -> Any:
+    """PyTorch's SIGCHLD check for dead DataLoader workers, installed now if it was not yet."""
+    try:
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._set_SIGCHLD_handler()
+    except (ImportError, AttributeError):  # another PyTorch layout: nothing to wrap
+        pass
+    return signal.getsignal(signal.SIGCHLD)
+
+
+class StopSignals:
+    """SIGTERM/SIGINT handling for a training loop (see the module docstring).
+
+    Use as a context manager in the main thread; elsewhere it does nothing
+    (handlers can only be installed there). ``signum`` holds the first signal.
+    """
+
+    watched = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._previous = {s: signal.getsignal(s) for s in self.watched}
+        child = _torch_sigchld_handler()
+        self._previous[signal.SIGCHLD] = child
+        for s in self.watched:
+            signal.signal(s, self._on_stop_signal)
+        if callable(child):
+            signal.signal(signal.SIGCHLD, self._child_handler(child))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            # Ctrl-C pressed again: the user wants out now. The last checkpoint is whole.
+            self.__exit__()
+            raise KeyboardInterrupt("second SIGINT")
+        log.info("%s received again: already stopping", signal.Signals(signum).name)
+
+    def _child_handler(self, check: Callable[[int, FrameType | None], Any]) -> Callable:
+        def on_child(signum: int, frame: FrameType | None) -> None:
+            # While stopping, workers may die with the rest of the process group; the
+            # loader reports that at the next batch instead of at an arbitrary line.
+            if self.signum is None:
+                check(signum, frame)
+
+        return on_child
+
+
+class BadSamples:
+    """Unreadable training samples, by dataset index: logged once, counted, capped.
+
+    ``limit_fraction`` of ``total`` distinct samples may be unreadable before
+    :meth:`add` raises :class:`DataError` naming example files.
+    """
+
+    def __init__(self, total: int, limit_fraction: float) -> None:
+        self.total, self.limit_fraction = total, limit_fraction
+        self.samples: dict[int, str] = {}  # dataset index -> reason (path named)
+
+    def new_in(self, indices: list[int], reasons: list[str]) -> list[tuple[int, str]]:
+        """The (index, reason) pairs not seen before."""
+        return [(i, r) for i, r in zip(indices, reasons, strict=True) if i not in self.samples]
+
+    def add(self, parts: list[list[tuple[int, str]]], announce: bool = True) -> None:
+        """Merge newly seen unreadable samples (one list per rank); stop past the limit."""
+        logged = set(self.samples.values())
+        for part in parts:
+            for index, reason in part:
+                if index in self.samples:
+                    continue
+                self.samples[index] = reason
+                if reason not in logged and announce:
+                    log.warning("skipping an unreadable training sample: %s", reason)
+                logged.add(reason)
+        limit = self.limit_fraction * self.total
+        if len(self.samples) > limit:
+            examples = list(dict.fromkeys(self.samples.values()))[:_EXAMPLES]
+            raise DataError(
+                f"{len(self.samples)} of {self.total} training samples cannot be "
+                f"read, more than data.max_bad_fraction={self.limit_fraction} allows "
+                f"({limit:.1f}); for example:\n  "
+                + "\n  ".join(examples)
+                + "\nFix or remove these files, or raise data.max_bad_fraction."
+            )
+
+    def summary(self, skipped: int) -> str:
+        files = len(set(self.samples.values()))
+        return (
+            f"{skipped} unreadable samples skipped "
+            f"({len(self.samples)} distinct samples, {files} files)"
+        )
