@@ -39,6 +39,7 @@ __all__ = [
     "classify",
     "error_contract",
     "exit_on_signals",
+    "log_into_output_dir",
 ]
 
 EXIT_BAD_INPUT, EXIT_GUARD, EXIT_OUTPUT = 2, 3, 4
@@ -147,3 +148,30 @@ class _Stopped(BaseException):  # noqa: N818 (a signal: BaseException, past `exc
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def _value_of(argv: list[str], key: str) -> str | None:
+    for arg in argv:
+        name, sep, value = arg.lstrip("+").partition("=")
+        if sep and name == key:
+            return value
+    return None
+
+
+def log_into_output_dir(argv: list[str], run_subdir: str | None = None) -> list[str]:
+    """Hydra's run folder (its ``<tool>.log`` and ``.hydra/``) follows ``output_dir=``.
+
+    Without this Hydra writes the log to ``runs/<time>/`` while the checkpoints go to
+    ``output_dir``. With ``run_subdir`` and ``run=RUN_DIR`` (tools/test.py), an
+    evaluation without ``output_dir`` lands inside the run it evaluates. An explicit
+    ``hydra.run.dir=`` always wins. Returns the arguments to give Hydra.
+    """
+    if _value_of(argv, "hydra.run.dir") is not None:
+        return argv
+    output_dir = _value_of(argv, "output_dir")
+    if output_dir not in (None, "", "null"):
+        return [*argv, f"hydra.run.dir={output_dir}"]
+    run = _value_of(argv, "run")
+    if run_subdir and run not in (None, "", "null"):
+        return [*argv, f"hydra.run.dir={run}/{run_subdir}"]
+    return argv

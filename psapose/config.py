@@ -16,6 +16,7 @@ interpolation at all.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "input_size",
     "load_stored_config",
     "register_target",
+    "selection_metric",
     "validate_config",
 ]
 
@@ -266,8 +268,8 @@ class _Split:
 
 @dataclass
 class _Data:
-    root: str = MISSING
-    keypoints: str = "coco"
+    root: Optional[str] = MISSING  # noqa: UP045 (null only to be named by data.required)
+    keypoints: Optional[str] = "coco"  # noqa: UP045
     color: str = "rgb"
     box_padding: float = 1.25
     category_id: Optional[int] = None  # noqa: UP045
@@ -278,6 +280,8 @@ class _Data:
     generate: bool = False  # write the synthetic dataset at root (else only at data/synthetic)
     synthetic: Optional[dict[str, Any]] = None  # noqa: UP045 (generator options)
     max_bad_fraction: float = 0.01  # unreadable training samples tolerated, as a fraction
+    metric: str = "AP"  # the evaluation number that picks best.pth for this data
+    required: list[str] = field(default_factory=list)  # data keys that must be set (custom)
 
 
 @dataclass
@@ -306,6 +310,7 @@ class _Eval:
     nms_threshold: float = 0.9
     rescore_threshold: float = 0.2
     images: int = 8
+    metric: Optional[str] = None  # noqa: UP045 (picks best.pth; None: data.metric)
 
 
 @dataclass
@@ -325,6 +330,7 @@ class _Run:
     pretrained: Optional[str] = None  # noqa: UP045
     resume: Optional[str] = None  # noqa: UP045
     checkpoint: Optional[str] = None  # noqa: UP045
+    run: Optional[str] = None  # noqa: UP045 (tools/test.py: a training run folder)
     output_dir: Optional[str] = None  # noqa: UP045
     data: _Data = field(default_factory=_Data)
     schedule: _Schedule = field(default_factory=_Schedule)
@@ -385,6 +391,24 @@ def validate_config(cfg: DictConfig) -> DictConfig:
             f"schedule.milestones must increase, got {list(typed.schedule.milestones)}"
         )
     input_size(typed)
+    for key in typed.data.required:
+        if key not in typed.data:
+            raise ConfigError(f"data.required names {key!r}, which is not a data key")
+        if typed.data[key] in (None, ""):
+            raise ConfigError(
+                f"data.{key} is required with this data config; set it on the command line "
+                f"(data.{key}=...)"
+            )
+    metric = selection_metric(typed)
+    if metric not in COCO_METRICS and not is_pixel_metric(metric):
+        raise ConfigError(
+            f"eval.metric={metric!r}; allowed: {', '.join(COCO_METRICS + pixel_metric_names())}"
+        )
+    if is_pixel_metric(metric) and typed.eval.split == "val" and not typed.data.val.use_gt_boxes:
+        raise ConfigError(
+            f"eval.metric={metric} compares each prediction with its ground truth, which needs "
+            "ground-truth boxes: set data.val.use_gt_boxes=true (or eval.metric=AP)"
+        )
     check_targets_allowed(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     for node in _TARGET_NODES:
         if node in cfg and OmegaConf.is_dict(cfg[node]) and "_target_" in cfg[node]:
@@ -392,6 +416,29 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     if "codec" in cfg and OmegaConf.is_dict(cfg.codec):
         _check_codec_values(cfg.codec)
     return typed
+
+
+COCO_METRICS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+
+
+def pixel_metric_names() -> tuple[str, ...]:
+    """The pixel metrics evaluation reports (EPE, EPE_median, RMSE, PCK@0.05, PCK@5px, ...)."""
+    # The module, not the function of the same name the package exports.
+    pm = importlib.import_module("psapose.evaluation.pixel_metrics")
+
+    pck = [pm.pck_name(f) for f in pm.DEFAULT_PCK_FRACTIONS]
+    pck += [pm.pck_name(n, pixels=True) for n in pm.DEFAULT_PCK_PIXELS]
+    return ("EPE", "EPE_median", "RMSE", *pck)
+
+
+def is_pixel_metric(name: str) -> bool:
+    return name in pixel_metric_names()
+
+
+def selection_metric(cfg: Any) -> str:
+    """The evaluation number that picks ``best.pth``: ``eval.metric``, else ``data.metric``."""
+    metric = OmegaConf.select(cfg, "eval.metric")
+    return str(metric if metric else OmegaConf.select(cfg, "data.metric", default="AP"))
 
 
 def _check_codec_values(node: DictConfig) -> None:

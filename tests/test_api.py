@@ -318,6 +318,17 @@ def test_demo_on_a_video_with_a_given_box(tmp_path, synthetic_root):
     assert frames == 11
     results = json.loads((out / "results.json").read_text())
     assert sorted(r["image_id"] for r in results) == list(range(11))
+    # The per-frame CSV in DeepLabCut's layout holds each frame's (only) person.
+    from psapose.data.labels_csv import read_labels_csv
+
+    table = read_labels_csv(out / "clip_poses.csv")
+    assert summary["outputs"][-1] == str(out / "clip_poses.csv")
+    assert list(table.bodyparts) == list(load_keypoint_spec("coco").keypoints)
+    by_frame = {r["image_id"]: np.asarray(r["keypoints"]).reshape(-1, 3) for r in results}
+    for frame in range(11):
+        assert table.index[frame] == str(frame)
+        np.testing.assert_array_equal(table.xy[frame, 0], by_frame[frame][:, :2])
+        np.testing.assert_array_equal(table.likelihood[frame, 0], by_frame[frame][:, 2])
 
 
 def test_demo_detector_needs_torchvision_and_says_so(tmp_path, monkeypatch):

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -160,34 +159,39 @@ def test_demo_and_export_refuse_a_stored_config_that_runs_code(tmp_path):
 # ----------------------------------------------------------------------------- 2. pre-emption
 
 
+# Runs the real tools/train.py in this process group's leader, with one change: at global
+# step 3 the step itself sends SIGTERM to the whole process group (as Slurm, `timeout` and
+# Kubernetes do), then the launcher's forwarded copy to the main process, then keeps
+# computing for a moment, so that dying workers would be reported in the middle of a step.
+_PREEMPT_AT_STEP = (
+    "import os, runpy, signal, sys, time\n"
+    "from psapose.engine import trainer\n"
+    "step = trainer.Trainer.train_step\n"
+    "def preempted(self, batch):\n"
+    "    if self.step == 3:\n"
+    "        os.killpg(0, signal.SIGTERM)\n"
+    "        os.kill(os.getpid(), signal.SIGTERM)\n"
+    "        time.sleep(0.5)\n"
+    "    return step(self, batch)\n"
+    "trainer.Trainer.train_step = preempted\n"
+    "sys.argv = ['tools/train.py'] + sys.argv[1:]\n"
+    "runpy.run_path('tools/train.py', run_name='__main__')\n"
+)
+
+
 def test_process_group_sigterm_with_workers_writes_a_checkpoint_and_resumes_bit_identical(
     reference,  # noqa: F811 (the fixture)
     tmp_path,
 ):
-    """Slurm/timeout/Kubernetes: SIGTERM to the whole process group, DataLoader workers
-    included, then torchrun's forwarded copy to the main process; then resume=auto."""
+    """Pre-emption as schedulers do it, with 2 DataLoader workers, then resume=auto."""
     ref_dir, ref_result = reference
-    args = [sys.executable, "tools/train.py", *_overrides(tmp_path, workers="2"),
-            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,  # its own process group, as a scheduler's job has
-    )  # fmt: skip
-    lines = []
-    progress = re.compile(rf"epoch 1/2 2/{BATCHES_PER_EPOCH}\b")
-    for line in proc.stdout:
-        lines.append(line)
-        if progress.search(line):
-            os.killpg(proc.pid, signal.SIGTERM)
-            time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGTERM)  # the launcher's forwarded copy
-            break
-    rest, _ = proc.communicate(timeout=180)
-    output = "".join(lines) + rest
+    proc = _tool("-c", _PREEMPT_AT_STEP, *_overrides(tmp_path, workers="2"),
+                 f"hydra.run.dir={tmp_path / 'hydra'}", start_new_session=True)  # fmt: skip
+    output = proc.stdout + proc.stderr
     assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
     assert "Traceback" not in output and "killed by signal" not in output, output[-3000:]
     state = read_training_checkpoint(tmp_path / "checkpoints/latest.pth")
-    assert state["epoch"] == 0 and 2 <= state["batch_in_epoch"] < BATCHES_PER_EPOCH, output
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 4, 4), output[-2000:]
 
     resumed = _tool("tools/train.py", *_overrides(tmp_path, workers="2"),
                     f"hydra.run.dir={tmp_path / 'hydra2'}", "resume=auto")  # fmt: skip

@@ -12,7 +12,10 @@
 
 Out (``--out``): one ``<name>_poses.png`` per image (or ``<name>_poses.mp4`` for a
 video) with the skeleton drawn from the dataset's keypoint YAML, and
-``results.json`` in the COCO keypoint results format. Image ids come from the
+``results.json`` in the COCO keypoint results format. A video also gets
+``<name>_poses.csv``: the best-scoring animal or person of every frame in the
+DeepLabCut / lightning-pose layout (scorer, bodyparts, x/y/likelihood rows), so
+their analysis tools read it. Unreadable images in a folder are skipped and listed. Image ids come from the
 annotation or image-info file given with ``--ann`` (matched by file name), else
 from the digits of the file name (COCO's ``000000397133.jpg`` is 397133); video
 frames are numbered from 0.
@@ -44,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psapose.api import PoseEstimator, Poses, as_boxes, image_paths, resolve_device  # noqa: E402
 from psapose.cli import error_contract, exit_on_signals  # noqa: E402
 from psapose.data.coco import read_json  # noqa: E402
+from psapose.data.labels_csv import write_pose_csv  # noqa: E402
 from psapose.data.transforms import ImageReadError, read_image  # noqa: E402
 from psapose.evaluation import keypoint_results, write_results  # noqa: E402
 from psapose.visualize import draw_poses  # noqa: E402
@@ -279,6 +283,7 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     people, results, outputs, count = 0, [], [], 0
     unreadable: list[str] = []  # images skipped: one bad file must not cost the others
+    tracks: list[np.ndarray] = []  # video: the best person of each frame, (K, 3)
     is_video = source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES
     if is_video:
         capture = cv2.VideoCapture(str(source))
@@ -299,6 +304,10 @@ def run(args: argparse.Namespace) -> dict:
         for position, (image, p, image_id) in enumerate(zip(images, poses, chunk_ids, strict=True)):
             people += len(p)
             results += by_image.get(image_id, [])
+            if is_video:
+                tracks.append(
+                    _best_person(by_image.get(image_id, []), estimator.spec.num_keypoints)
+                )
             if args.no_images:
                 continue
             drawn = draw(estimator, image, by_image.get(image_id, []), p.boxes, args)
@@ -323,6 +332,14 @@ def run(args: argparse.Namespace) -> dict:
             f"(first: {unreadable[0] if unreadable else '-'})"
         )
     results_path = write_results(results, out_dir / "results.json")
+    if is_video and tracks:
+        # The single-animal layout DeepLabCut and lightning-pose analysis tools read.
+        track = np.stack(tracks)
+        csv_path = write_pose_csv(
+            out_dir / f"{source.stem}_poses.csv", track[..., :2], track[..., 2],
+            estimator.spec.keypoints, scorer="psapose",
+        )  # fmt: skip
+        outputs.append(str(csv_path))
     if unreadable:
         log.warning("%d unreadable images skipped", len(unreadable))
     summary = {
@@ -340,6 +357,14 @@ def run(args: argparse.Namespace) -> dict:
         seconds, results_path,
     )  # fmt: skip
     return summary
+
+
+def _best_person(people: list[dict], num_keypoints: int) -> np.ndarray:
+    """The highest-scoring result of a frame as (K, 3) x, y, score; NaN when none."""
+    if not people:
+        return np.full((num_keypoints, 3), np.nan)
+    best = max(people, key=lambda r: r["score"])
+    return np.asarray(best["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
 
 
 def _readable_images(

@@ -8,50 +8,84 @@
 
 ``checkpoint`` is a psapose training checkpoint or a plain state dict (the official
 HRNet/SimpleBaseline pose checkpoints load into the ``attention=none`` models).
+
+    python tools/test.py run=RUN_DIR                      # a training run: its config + best.pth
+    python tools/test.py run=RUN_DIR eval.flip_test=false  # ... with changes on top
+
+With ground-truth boxes the pixel errors (EPE, RMSE, PCK) are printed beside AP and
+written to ``pixel_metrics.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psapose.checkpoint import load_pose_checkpoint  # noqa: E402
-from psapose.cli import error_contract, exit_on_signals  # noqa: E402
+from psapose.cli import error_contract, exit_on_signals, log_into_output_dir  # noqa: E402
 from psapose.config import ConfigError, build_model, input_size  # noqa: E402
 from psapose.data.builder import build_dataset  # noqa: E402
 from psapose.engine.distributed import cleanup, setup_distributed  # noqa: E402
-from psapose.engine.inference import evaluate_predictions, predict  # noqa: E402
+from psapose.engine.inference import evaluate_predictions, pixel_stats, predict  # noqa: E402
 from psapose.engine.progress import Progress  # noqa: E402
 from psapose.engine.trainer import prepare_config  # noqa: E402
-from psapose.evaluation import format_table, write_results, write_test_dev_results  # noqa: E402
+from psapose.evaluation import (  # noqa: E402
+    format_pixel_table,
+    format_table,
+    write_results,
+    write_test_dev_results,
+)
+from psapose.run_folder import config_from_run, run_checkpoint  # noqa: E402
 
 log = logging.getLogger("test")
 
 
+def from_run(cfg: DictConfig) -> DictConfig:
+    """``run=RUN_DIR``: the run's own config and best checkpoint, this command line on top."""
+    run_dir = Path(str(cfg.run)).expanduser()
+    merged, warnings = config_from_run(run_dir, cfg, HydraConfig.get().overrides.task)
+    for warning in warnings:
+        log.warning("%s", warning)
+    with open_dict(merged):
+        merged.checkpoint = str(run_checkpoint(run_dir, cfg.checkpoint))
+        merged.run = str(run_dir)
+        merged.output_dir = cfg.output_dir
+    log.info("run %s: its config.yaml and %s", run_dir, merged.checkpoint)
+    return merged
+
+
 def run(cfg: DictConfig, output_dir: Path) -> dict:
+    if cfg.get("run"):
+        cfg = from_run(cfg)
     cfg, spec, codec = prepare_config(cfg)
     if not cfg.checkpoint:
-        raise ConfigError("checkpoint is required: checkpoint=PATH (a .pth file or URL)")
+        raise ConfigError(
+            "checkpoint is required: checkpoint=PATH (a .pth file or URL), or run=RUN_DIR"
+        )
     dist, device = setup_distributed(cfg.device)
     size = input_size(cfg)
     split = cfg.eval.split
     dataset = build_dataset(cfg.data, split, size, augment=False, udp=codec.use_udp)
     if dist.is_main:
-        log.info("%s: %s", split, dataset.instances.summary())
+        log.info(
+            "%s: %s; input %dx%d, device %s, %d threads, %d workers, precision %s, flip test %s",
+            split, dataset.instances.summary(), *size, device, torch.get_num_threads(),
+            cfg.workers, cfg.precision, "on" if cfg.eval.flip_test else "off",
+        )  # fmt: skip
     model = build_model(cfg)
-    report = load_pose_checkpoint(model, cfg.checkpoint, strict=True)
-    if dist.is_main:
-        log.info("weights: %s", report.summary())
+    load_pose_checkpoint(model, cfg.checkpoint, strict=True)  # logs what it loaded
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -82,8 +116,22 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         log.info("%s AP table (%d results):\n%s", split, len(results), format_table(stats))
         out["stats"] = stats
         (output_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    pixel = pixel_stats(preds, dataset)  # with ground-truth boxes: one prediction per person
+    if pixel is not None:
+        log.info("%s pixel errors:\n%s", split, format_pixel_table(pixel))
+        out["pixel"] = pixel.stats
+        report = {"stats": pixel.stats, "per_keypoint": pixel.per_keypoint,
+                  "counts": pixel.counts, "missing": pixel.missing}  # fmt: skip
+        (output_dir / "pixel_metrics.json").write_text(json.dumps(_no_nan(report), indent=2))
     out["results"] = len(results)
     return out
+
+
+def _no_nan(value: Any) -> Any:
+    """JSON has no NaN: a keypoint never labelled in the split has no error (null)."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
@@ -99,4 +147,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = log_into_output_dir(
+        sys.argv[1:], "test_${now:%Y%m%d-%H%M%S}"
+    )  # the log beside the outputs
     main()

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.cli import error_contract  # noqa: E402
+from psapose.cli import error_contract, log_into_output_dir  # noqa: E402
 from psapose.engine.distributed import cleanup  # noqa: E402
 from psapose.engine.trainer import Trainer  # noqa: E402
 from psapose.evaluation import format_table  # noqa: E402
@@ -65,4 +65,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = log_into_output_dir(sys.argv[1:])  # the log beside the outputs
     main()

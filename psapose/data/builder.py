@@ -50,8 +50,10 @@ def build_keypoint_spec(data_cfg: DictConfig) -> KeypointSpec:
     """The spec named by ``data.keypoints``: a built-in name, a path, or a path under ``data.root``."""
     name = str(data_cfg.keypoints)
     if name.endswith((".yaml", ".yml")) and not Path(name).expanduser().is_absolute():
+        # The data's own YAML first: a stray file of that name in the working directory
+        # must not win silently.
         under_root = Path(str(data_cfg.root)).expanduser() / name
-        if not Path(name).exists() and under_root.exists():
+        if under_root.exists():
             return load_keypoint_spec(under_root)
     return load_keypoint_spec(Path(name).expanduser() if name.endswith((".yaml", ".yml")) else name)
 

@@ -176,6 +176,9 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "bad_samples": (dict,),
     "config": (dict,),
     "best_ap": (float, int),
+    "best_score": (float, int),
+    "best_metric": (str,),
+    "pending_eval": (bool,),
 }
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Predictions",
     "autocast",
     "evaluate_predictions",
+    "pixel_stats",
     "predict",
     "predict_heatmaps",
 ]
@@ -201,3 +202,17 @@ def evaluate_predictions(
     if dataset.instances.has_annotations:
         stats = evaluate_keypoints(dataset.instances.ann_file, results, sigmas=spec.sigmas_array)
     return results, stats
+
+
+def pixel_stats(predictions: Predictions, dataset: TopDownDataset) -> Any:
+    """EPE, RMSE and PCK in image pixels (:mod:`psapose.evaluation.pixel_metrics`), or None.
+
+    Only where every crop is one annotated instance (ground-truth boxes): each prediction
+    is then matched to its ground truth by dataset row. Detector boxes have no such match.
+    """
+    from psapose.evaluation.pixel_metrics import evaluate_pixel_metrics
+
+    instances = dataset.instances
+    if not instances.has_annotations or not len(instances) or (instances.ann_ids < 0).any():
+        return None
+    return evaluate_pixel_metrics(predictions, instances, dataset.spec.keypoints)

@@ -35,8 +35,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from psapose.attention_maps import log_attention_maps
 from psapose.checkpoint import CheckpointError, UnsafeCheckpointError, load_pretrained_backbone
-from psapose.config import build_model, input_size, validate_config
+from psapose.config import build_model, input_size, selection_metric, validate_config
 from psapose.data.builder import build_dataset, build_keypoint_spec, ensure_generated
 from psapose.data.coco import AnnotationError, AnnotationFileNotFound, TopDownDataset
 from psapose.data.normalize import normalize_images
@@ -67,11 +68,13 @@ from psapose.engine.inference import (
     Predictions,
     autocast,
     evaluate_predictions,
+    pixel_stats,
     predict,
 )
 from psapose.engine.loss import build_loss
 from psapose.engine.progress import Progress
 from psapose.engine.sampler import EpochSampler
+from psapose.evaluation.pixel_metrics import PixelMetricsError, lower_is_better
 from psapose.visualize import draw_poses, heatmap_image, image_grid
 
 __all__ = [
@@ -156,24 +159,19 @@ class Trainer:
         ).to(self.device)
         self.optimizer = self._build_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        batch_size = self._fitting_batch_size()
         self.sampler = EpochSampler(
             len(self.train_set),
-            cfg.schedule.batch_size,
+            batch_size,
             shuffle=True,
             seed=cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             drop_last=True,
         )
-        if self.sampler.num_batches() == 0:
-            raise AnnotationError(
-                f"{self.train_set.instances.source}: {len(self.train_set)} training samples are "
-                f"fewer than one global batch ({self.sampler.global_batch}); lower "
-                "schedule.batch_size"
-            )
         self.loader = DataLoader(
             self.train_set,
-            batch_size=cfg.schedule.batch_size,
+            batch_size=batch_size,
             sampler=self.sampler,
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
@@ -182,6 +180,10 @@ class Trainer:
             worker_init_fn=worker_ignores_stop_signals if cfg.workers > 0 else None,
         )
         self.epoch, self.step, self.best_ap = 0, 0, -1.0
+        # The evaluation number that picks best.pth (AP, or a pixel error for own data).
+        self.best_metric = selection_metric(cfg)
+        self.lower_is_better = lower_is_better(self.best_metric)
+        self.best_score = math.inf if self.lower_is_better else -math.inf
         self.history: list[dict[str, Any]] = []
         # Position inside the current epoch, so that a checkpoint written mid-epoch resumes exactly.
         self.batch_in_epoch = 0
@@ -203,6 +205,45 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.output_dir / "tb"))
         self._maybe_resume()
+        if self.dist.is_main:
+            log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        """The start-up line: data, schedule, device, threads, precision, selection metric."""
+        val = self.val_set
+        val_text = (
+            f"{len(val)} {'ground-truth' if (val.instances.ann_ids >= 0).all() else 'detector'} "
+            f"boxes in {val.instances.num_images} images"
+            if val is not None
+            else "none"
+        )
+        return (
+            f"train: {len(self.train_set)} instances in {self.train_set.instances.num_images} "
+            f"images ({self.train_set.instances.source}); {self.cfg.eval.split}: {val_text}; "
+            f"{self.sampler.num_batches()} steps per epoch at batch {self.sampler.batch_size}"
+            f"{f' x {self.dist.world_size} processes' if self.dist.world_size > 1 else ''}, "
+            f"{self.cfg.schedule.epochs} epochs; device {self.device}, "
+            f"{torch.get_num_threads()} threads, {self.cfg.workers} workers, "
+            f"precision {self.precision}; best.pth by {self.best_metric}"
+        )
+
+    def _fitting_batch_size(self) -> int:
+        """``schedule.batch_size``, clamped (with a warning) to what the training set fills."""
+        wanted = int(self.cfg.schedule.batch_size)
+        per_rank = len(self.train_set) // self.dist.world_size
+        if per_rank < 1:
+            raise AnnotationError(
+                f"{self.train_set.instances.source}: {len(self.train_set)} training samples for "
+                f"{self.dist.world_size} processes; every process needs at least one"
+            )
+        if wanted > per_rank:
+            log.warning(
+                "schedule.batch_size=%d is larger than the training set allows (%d samples, "
+                "%d per process): using batch %d, one step per epoch",
+                wanted, len(self.train_set), per_rank, per_rank,
+            )  # fmt: skip
+            return per_rank
+        return wanted
 
     @property
     def bad_samples(self) -> dict[int, str]:
@@ -265,6 +306,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best_ap": self.best_ap,
+            "best_metric": self.best_metric,
+            "best_score": self.best_score,
             "history": self.history,
             "batch_in_epoch": self.batch_in_epoch,
             "epoch_losses": list(self.epoch_losses),
@@ -342,6 +385,8 @@ class Trainer:
             raise CheckpointError(f"{path}: does not fit this model and config: {err}") from err
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_ap = float(state.get("best_ap", -1.0))
+        if state.get("best_metric", "AP") == self.best_metric:
+            self.best_score = float(state.get("best_score", self.best_ap))
         self.history = list(state.get("history", []))
         self.batch_in_epoch = batch_in_epoch
         self.epoch_losses = list(state.get("epoch_losses", []))
@@ -558,6 +603,13 @@ class Trainer:
             _, stats = evaluate_predictions(
                 preds, self.val_set, c.nms, c.nms_threshold, c.rescore_threshold
             )
+            try:
+                pixel = pixel_stats(preds, self.val_set)
+            except PixelMetricsError as err:  # NaN keypoints from a diverging model
+                log.warning("no pixel errors this epoch: %s", err)
+                pixel = None
+            if pixel is not None:
+                stats = {**(stats or {}), **pixel.stats}
         return preds, stats
 
     def fit(self) -> dict[str, Any]:
@@ -607,11 +659,18 @@ class Trainer:
         if stats is not None:
             record.update(stats)
             self._log_stats(stats)
-            if "AP" in stats and stats["AP"] > self.best_ap:
-                self.best_ap = stats["AP"]
+            if self.writer is not None:  # what each PSA block attends to, 2 fixed val crops
+                log_attention_maps(self.writer, self.raw_model, self.val_set, self.epoch)
+            self.best_ap = max(self.best_ap, stats.get("AP", -1.0))
+            score = stats.get(self.best_metric)
+            if score is not None and math.isfinite(score) and self._better(score):
+                self.best_score = score
                 self.save("best.pth")
         self.save(LATEST)
         return preds, stats
+
+    def _better(self, score: float) -> bool:
+        return score < self.best_score if self.lower_is_better else score > self.best_score
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -645,9 +704,10 @@ class Trainer:
                 faults = ", ".join(
                     f"{record[k]} {k.replace('_', ' ')}" for k in self.counters if record.get(k)
                 )
+                shown = [k for k in dict.fromkeys(("AP", self.best_metric)) if stats and k in stats]
                 log.info(
                     "epoch %d/%d loss %.4e%s%s", self.epoch, epochs, loss,
-                    f" AP {stats['AP']:.4f}" if stats and "AP" in stats else "",
+                    "".join(f" {k} {stats[k]:.4f}" for k in shown),
                     f" ({faults})" if faults else "",
                 )  # fmt: skip
             # A signal during evaluation or saving: the epoch's checkpoint is already written.
@@ -664,6 +724,8 @@ class Trainer:
         return {
             "history": self.history,
             "best_ap": self.best_ap,
+            "best_metric": self.best_metric,
+            "best_score": self.best_score,
             "stats": stats,
             "seconds": time.perf_counter() - t0,
             "skipped_samples": self.counters["skipped_samples"],

@@ -1,6 +1,6 @@
 """Evaluation back end: OKS-NMS, COCO keypoint results and their pycocotools evaluation.
 
-Pure NumPy and pycocotools (no model, no torch). HRNet's ``evaluate`` path on arrays::
+Pure NumPy and pycocotools (no model, no torch); pixel errors (EPE, PCK) beside AP. HRNet's ``evaluate`` path on arrays::
 
     results = keypoint_results(image_ids, keypoints, keypoint_scores, box_scores, areas, sigmas)
     stats = evaluate_keypoints("person_keypoints_val2017.json", results)
@@ -31,21 +31,35 @@ from .nms import (
     resolve_sigmas,
     soft_oks_nms,
 )
+from .pixel_metrics import (
+    PixelMetrics,
+    PixelMetricsError,
+    evaluate_pixel_metrics,
+    format_pixel_table,
+    lower_is_better,
+    pixel_metrics,
+)
 
 __all__ = [
     "COCO_SIGMAS",
     "STAT_NAMES",
+    "PixelMetrics",
+    "PixelMetricsError",
     "ResultArrays",
     "evaluate_keypoints",
+    "evaluate_pixel_metrics",
+    "format_pixel_table",
     "format_table",
     "ground_truth_results",
     "group_by_image",
     "keypoint_results",
     "load_results",
+    "lower_is_better",
     "nms_per_image",
     "oks_iou",
     "oks_matrix",
     "oks_nms",
+    "pixel_metrics",
     "rescore",
     "resolve_sigmas",
     "results_to_arrays",
