@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-all lint flops clean venv
+.PHONY: quickstart test test-all lint flops gpu-check clean venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 flops: $(STAMP)
 	$(PY) tools/flops.py
+
+# The prepared GPU check (tools/gpu_check.sh): on a GPU machine, or GPU_CHECK=--cpu-small here.
+gpu-check:
+	bash tools/gpu_check.sh $(GPU_CHECK)
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache .ruff_cache *.egg-info

@@ -27,6 +27,14 @@ Two paths run on the same heatmaps, chunk by chunk, interleaved:
 The two must give the same keypoints (the maximum difference is reported) and the
 same 10 AP/AR numbers. ``--reference-fraction`` runs the reference on a
 deterministic subset of the images and compares time per box.
+
+``--device cuda`` runs the fast path where a GPU evaluation runs it: the heatmaps
+are made on the GPU (as the model would leave them), flip averaging and decoding
+run there batch by batch, the keypoints are copied to the host once at the end,
+and the greedy OKS-NMS of all images runs on the GPU too (``--nms-device``; see
+``psapose.evaluation.device``). The reference stays the per-instance NumPy loop::
+
+    python tools/benchmark.py eval --device cuda --reference-fraction 0.02
 """
 
 from __future__ import annotations
@@ -57,8 +65,8 @@ from psapose.evaluation import (  # noqa: E402
     COCO_SIGMAS,
     STAT_NAMES,
     evaluate_keypoints,
-    keypoint_results,
 )
+from psapose.evaluation.device import keypoint_results_on_device  # noqa: E402
 
 CODECS = {"udp": UDPHeatmap, "dark": DarkHeatmap, "msra": MSRAHeatmap}
 STAGES = ("flip", "decode", "to_image", "rescore_nms", "cocoeval")
@@ -216,9 +224,19 @@ class Instance:
         return len(self.det_boxes)
 
     def heatmaps(
-        self, rows: np.ndarray, codec, centers: np.ndarray, scales: np.ndarray, flip_indices
+        self,
+        rows: np.ndarray,
+        codec,
+        centers: np.ndarray,
+        scales: np.ndarray,
+        flip_indices,
+        device: torch.device | str = "cpu",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (original, flipped-image) heatmaps of boxes ``rows``, deterministic per chunk."""
+        """The (original, flipped-image) heatmaps of boxes ``rows``, deterministic per chunk.
+
+        The random draws are the same on every device; the maps are built on ``device``
+        (a GPU makes them where its model would, without a 2 x 21.7 GB copy).
+        """
         rng = np.random.default_rng([self.seed, int(rows[0]), len(rows)])
         n, k = len(rows), 17
         (h_hm, w_hm), (h_in, w_in) = codec.heatmap_size, codec.input_size
@@ -247,11 +265,12 @@ class Instance:
             centres = np.stack((xy + jitter, distractor), axis=2)  # (n, k, 2 peaks, 2)
             amps = np.stack((amp, amp * rng.uniform(0, 0.45, (n, k))), axis=2)
             widths = sigma * rng.uniform(0.9, 1.35, (n, k, 2))
-            gx = _profile(w_hm, centres[..., 0], widths)
+            gx = _profile(w_hm, centres[..., 0], widths).to(device)
             gy = _profile(h_hm, centres[..., 1], widths) * torch.from_numpy(amps).float()[..., None]
-            maps = torch.einsum("nkph,nkpw->nkhw", gy, gx)
-            noise = _noise_bank()[torch.from_numpy(rng.integers(0, 256, (n, k)))]
-            maps.addcmul_(noise, torch.from_numpy(rng.uniform(0.005, 0.03, (n, k, 1, 1))).float())
+            maps = torch.einsum("nkph,nkpw->nkhw", gy.to(device), gx)
+            noise = _noise_bank(device)[torch.from_numpy(rng.integers(0, 256, (n, k))).to(device)]
+            level = torch.from_numpy(rng.uniform(0.005, 0.03, (n, k, 1, 1))).float()
+            maps.addcmul_(noise, level.to(device))
             return maps
 
         original = one_set(hm_xy, peak)
@@ -274,17 +293,20 @@ def _profile(n: int, centre: np.ndarray, width: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.exp(-(d * d) / (2 * width[..., None] ** 2))).float()
 
 
-_NOISE: list[torch.Tensor] = []
+_NOISE: dict[str, torch.Tensor] = {}
 
 
-def _noise_bank() -> torch.Tensor:
-    """256 smooth noise maps (64x48 scale, zero mean, unit-ish amplitude), built once."""
-    if not _NOISE:
+def _noise_bank(device: torch.device | str = "cpu") -> torch.Tensor:
+    """256 smooth noise maps (64x48 scale, zero mean, unit-ish amplitude), built once per device."""
+    key = str(torch.device(device))
+    if "cpu" not in _NOISE:
         rng = np.random.default_rng(12345)
         raw = rng.normal(0, 1, (256, 64, 48)).astype(np.float32)
         smooth = np.stack([cv2.GaussianBlur(m, (5, 5), 0) for m in raw]) * 2.0
-        _NOISE.append(torch.from_numpy(smooth))
-    return _NOISE[0]
+        _NOISE["cpu"] = torch.from_numpy(smooth)
+    if key not in _NOISE:
+        _NOISE[key] = _NOISE["cpu"].to(device)
+    return _NOISE[key]
 
 
 # ============================================================================ the reference
@@ -538,6 +560,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     """Build the instance, run both paths chunk by chunk and compare them (see the module doc)."""
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    device = torch.device(args.device)
+    nms_device = _nms_device(args)
     spec = load_keypoint_spec("coco")
     flip_indices = np.asarray(spec.flip_indices)
     flip_pairs = [(a, b) for a, b in enumerate(flip_indices) if a < b]
@@ -558,16 +582,19 @@ def run_eval(args: argparse.Namespace) -> dict:
         # The reference's share: a deterministic subset of the images (all by default).
         chosen = np.random.default_rng(args.seed + 1).random(len(inst.image_ids)) < args.reference_fraction  # fmt: skip
         in_reference = chosen[inst.det_image]
-        fast_kps = np.empty((n, 17, 2))
-        fast_scores = np.empty((n, 17), dtype=np.float32)
+        # Decoded keypoints stay where they were decoded until the last batch: no host copy
+        # (and no wait for the device) per batch.
+        decoded_kps = torch.empty((n, 17, 2), device=device)
+        decoded_scores = torch.empty((n, 17), device=device)
         ref_preds = np.zeros((n, 17, 3))
         generate = time.perf_counter() - start
         for s in range(0, n, args.chunk):
             rows = np.arange(s, min(n, s + args.chunk))
             t0 = time.perf_counter()
             original, flipped = inst.heatmaps(
-                rows, codec, centers[rows], scales[rows], flip_indices
+                rows, codec, centers[rows], scales[rows], flip_indices, device
             )
+            _sync(device)
             generate += time.perf_counter() - t0
             # --- fast: what psapose.engine.inference.predict does after the model, batch by batch
             for b in range(0, len(rows), args.batch_size):
@@ -577,23 +604,31 @@ def run_eval(args: argparse.Namespace) -> dict:
                     original[b : b + args.batch_size], flipped[b : b + args.batch_size],
                     flip_indices, codec,
                 )  # fmt: skip
+                _sync(device)
                 t1 = time.perf_counter()
                 keypoints, scores = codec.decode(heatmaps)
+                _sync(device)
                 t2 = time.perf_counter()
-                fast_kps[batch] = crop_to_image(
-                    keypoints.double().numpy(), centers[batch], scales[batch], codec.input_size, udp
-                )
-                fast_scores[batch] = scores.numpy()
+                decoded_kps[batch[0] : batch[-1] + 1] = keypoints
+                decoded_scores[batch[0] : batch[-1] + 1] = scores
+                _sync(device)
                 t3 = time.perf_counter()
                 fast["flip"] += t1 - t0
                 fast["decode"] += t2 - t1
                 fast["to_image"] += t3 - t2
             del heatmaps, keypoints, scores
             # --- reference: one instance at a time, as HRNet's validate()
-            original_np, flipped_np = original.numpy(), flipped.numpy()
+            chosen_rows = rows[in_reference[rows]]
+            local = chosen_rows - s
+            if len(chosen_rows) == len(rows):  # the whole chunk (no copy on the CPU)
+                original_np, flipped_np = original.cpu().numpy(), flipped.cpu().numpy()
+            else:  # only the reference's rows come to the host
+                index = torch.from_numpy(local).to(device)
+                original_np = original[index].cpu().numpy()
+                flipped_np = flipped[index].cpu().numpy()
+                local = np.arange(len(local))
             hm_size, in_size = codec.heatmap_size[::-1], codec.input_size[::-1]
-            for i in rows[in_reference[rows]]:
-                j = i - s
+            for i, j in zip(chosen_rows, local, strict=True):
                 t0 = time.perf_counter()
                 avg = (original_np[j] + ref_flip_back(flipped_np[j], flip_pairs, codec.flip_shift)) * 0.5  # fmt: skip
                 t1 = time.perf_counter()
@@ -610,9 +645,20 @@ def run_eval(args: argparse.Namespace) -> dict:
             del original, flipped, original_np, flipped_np
             if args.progress:
                 print(f"  {rows[-1] + 1}/{n} boxes", file=sys.stderr, flush=True)
+        # One copy to the host, then crop_to_image over all boxes at once (row by row the
+        # same arithmetic as per batch).
+        t0 = time.perf_counter()
+        fast_kps = crop_to_image(
+            decoded_kps.double().cpu().numpy(), centers, scales, codec.input_size, udp
+        )
+        fast_scores = decoded_scores.cpu().numpy()
+        fast["to_image"] += time.perf_counter() - t0
+        del decoded_kps, decoded_scores
         # --- fast: rescoring, OKS-NMS, COCOeval
         t0 = time.perf_counter()
-        results = keypoint_results(image_ids, fast_kps, fast_scores, inst.det_scores, areas, COCO_SIGMAS)  # fmt: skip
+        results = keypoint_results_on_device(
+            image_ids, fast_kps, fast_scores, inst.det_scores, areas, COCO_SIGMAS, device=nms_device
+        )
         t1 = time.perf_counter()
         fast_stats = evaluate_keypoints(inst.gt_file, results)
         t2 = time.perf_counter()
@@ -621,9 +667,9 @@ def run_eval(args: argparse.Namespace) -> dict:
         ref_rows = np.flatnonzero(in_reference)
         subset = args.reference_fraction < 1
         if subset:
-            sub_results = keypoint_results(
+            sub_results = keypoint_results_on_device(
                 image_ids[ref_rows], fast_kps[ref_rows], fast_scores[ref_rows],
-                inst.det_scores[ref_rows], areas[ref_rows], COCO_SIGMAS,
+                inst.det_scores[ref_rows], areas[ref_rows], COCO_SIGMAS, device=nms_device,
             )  # fmt: skip
             sub_ids = sorted({int(i) for i in inst.image_ids[chosen]})
             fast_sub_stats = evaluate_keypoints(inst.gt_file, sub_results, image_ids=sub_ids)
@@ -665,6 +711,9 @@ def run_eval(args: argparse.Namespace) -> dict:
         "chunk": args.chunk,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "nms_device": str(nms_device) if nms_device is not None else "numpy",
         "seed": args.seed,
         "generate_s": round(generate, 2),
         "fast_s": {k: round(v, 3) for k, v in fast.items()},
@@ -693,6 +742,20 @@ def run_eval(args: argparse.Namespace) -> dict:
     }
 
 
+def _sync(device: torch.device) -> None:
+    # Stage times on a GPU need the queued kernels finished (one sync per stage and batch).
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _nms_device(args: argparse.Namespace) -> torch.device | None:
+    """Where the greedy OKS-NMS runs: None for NumPy (``--nms-device numpy``)."""
+    choice = args.nms_device
+    if choice == "auto":
+        choice = "numpy" if torch.device(args.device).type == "cpu" else args.device
+    return None if choice == "numpy" else torch.device(choice)
+
+
 def _ref_stats(gt_file: Path, results: list[dict], image_ids) -> dict[str, float]:
     if image_ids is None:
         return ref_cocoeval(gt_file, results)
@@ -717,12 +780,13 @@ def _same_results(a: list[dict], b: list[dict]) -> dict:
 
 def print_eval(result: dict) -> None:
     (h, w), (hh, hw) = result["input_size"], result["heatmap_size"]
+    where = result["gpu"] or result["device"]
     print(
         f"eval post-processing, {result['images']} images, {result['people']} people "
         f"({result['people_with_keypoints']} with keypoints), {result['boxes']} boxes, "
         f"flip test, {h}x{w} input, 17x{hh}x{hw} heatmaps, codec {result['codec']} "
-        f"({result['decode']}), {result['threads']} threads; heatmaps generated in "
-        f"{result['generate_s']:.1f} s (not timed)"
+        f"({result['decode']}), {result['threads']} threads; fast path on {where}, OKS-NMS "
+        f"on {result['nms_device']}; heatmaps generated in {result['generate_s']:.1f} s (not timed)"
     )
     frac = result["reference_fraction"]
     ref_head = "reference (s)" if frac == 1 else f"reference, {frac:.0%} (s)"
@@ -767,6 +831,18 @@ def register(subparsers) -> None:
     p.add_argument("--chunk", type=int, default=2048, help="boxes per generated heatmap chunk")
     p.add_argument("--batch-size", type=int, default=64, help="boxes per decode (eval.batch_size)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the heatmaps are made and the fast path's flip averaging and decoding run "
+        "(cuda: on the GPU, the keypoints copied to the host once at the end)",
+    )
+    p.add_argument(
+        "--nms-device",
+        default="auto",
+        help="where the greedy OKS-NMS runs: numpy, or a torch device (default: --device, "
+        "numpy for cpu)",
+    )
     p.add_argument("--reference-fraction", type=float, default=1.0,
                    help="run the reference on this share of the images (compared per box)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)

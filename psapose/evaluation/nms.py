@@ -18,11 +18,26 @@ caller passes, HRNet's padded box ``w * h``)::
                                   whose score exceeds ``visibility_threshold`` in both
 
 A candidate is suppressed when its OKS with a kept person is not ``<= threshold``.
+
+:func:`nms_per_image` with ``device=`` runs the greedy OKS-NMS of every image at
+once in torch on that device (a GPU after the model's forward pass): images are
+padded into batches of similar size, their pairwise OKS computed in one
+broadcast expression per batch, and the greedy pass is one loop over the rank
+within an image, vectorised across images. Its kept indices equal the NumPy
+path's: the score order is NumPy's own (:func:`_grouped_score_order`), and the
+few OKS values within ``1e-9`` of the threshold, where torch's ``exp`` and sum
+order could round to the other side, are recomputed with the NumPy arithmetic.
+torch is imported only when a device is given.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "COCO_SIGMAS",
@@ -46,6 +61,12 @@ COCO_SIGMAS.setflags(write=False)
 
 # Elements of one (rows, cols, K) intermediate array: 4M float64 = 32 MiB.
 _BLOCK_ELEMENTS = 1 << 22
+
+# The device path: elements of one (images, rows, cols, K) float64 intermediate (64 MiB),
+# and the distance from the threshold under which an OKS is recomputed with NumPy. torch's
+# float64 exp and sum order differ from NumPy's by a few ulps (~1e-16), far inside it.
+_DEVICE_BLOCK_ELEMENTS = 1 << 23
+_UNCERTAIN_BAND = 1e-9
 
 
 def resolve_sigmas(sigmas: np.ndarray | list | tuple | None, num_keypoints: int) -> np.ndarray:
@@ -313,18 +334,27 @@ def nms_per_image(
     soft: bool = False,
     visibility_threshold: float | None = None,
     max_dets: int = 20,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """OKS-NMS (or soft OKS-NMS) within each image of a whole result set.
 
     Returns indices into the inputs: images in order of first appearance, and within
     an image the kept people in the order NMS keeps them (HRNet's ``evaluate``). An
     image where NMS keeps nobody keeps everyone, as HRNet does.
+
+    ``device`` (``"cuda"``, ``"cpu"``, a ``torch.device``) runs the greedy OKS-NMS of all
+    images at once in torch on that device, with the same result (module docstring);
+    ``None`` runs it in NumPy, image by image. Soft OKS-NMS always runs in NumPy.
     """
     kps, area, score = _check(keypoints, scores, areas)
     ids = np.asarray(image_ids).reshape(-1)
     if len(ids) != len(kps):
         raise ValueError(f"image_ids has {len(ids)} entries for {len(kps)} instances")
     sigma = resolve_sigmas(sigmas, kps.shape[1])
+    if device is not None and not soft:
+        return _nms_per_image_torch(
+            ids, kps, score, area, sigma, threshold, visibility_threshold, device
+        )
     perm, bounds = group_by_image(ids)
     kept = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -339,3 +369,176 @@ def nms_per_image(
             )
         kept.append(rows[keep] if len(keep) else rows)
     return np.concatenate(kept).astype(np.intp) if kept else np.zeros(0, dtype=np.intp)
+
+
+# ----------------------------------------------------------------------------- on a device
+
+
+def _grouped_score_order(
+    group: np.ndarray, score: np.ndarray, perm: np.ndarray, bounds: np.ndarray
+) -> np.ndarray:
+    """Rows grouped by image (``group`` ascending), each image's rows by descending score.
+
+    One stable sort for all images. Where an image has tied or NaN scores the order
+    among them is NumPy's (``np.argsort(scores)[::-1]``, whose tie order depends on its
+    sorting algorithm), so those images take :func:`_score_order` itself.
+    """
+    order = np.lexsort((-score, group))
+    ordered_group, ordered_score = group[order], score[order]
+    tied = (ordered_group[1:] == ordered_group[:-1]) & (ordered_score[1:] == ordered_score[:-1])
+    irregular = np.union1d(ordered_group[1:][tied], ordered_group[np.isnan(ordered_score)])
+    for g in irregular.tolist():  # images with ties or NaN only: rare
+        a, b = bounds[g], bounds[g + 1]
+        rows = perm[a:b]
+        order[a:b] = rows[_score_order(score[rows])]
+    return order
+
+
+def _recompute_near_threshold(
+    pairs: np.ndarray,
+    kps: np.ndarray,
+    area: np.ndarray,
+    variances: np.ndarray,
+    visibility_threshold: float | None,
+    threshold: float,
+) -> np.ndarray:
+    """Whether row ``i`` suppresses row ``j`` for each ``(i, j)`` of ``pairs``, in NumPy.
+
+    :func:`_oks_block` on one pair gives the very number :func:`oks_nms` compares (its
+    value for a pair does not depend on the other rows of the block).
+    """
+    out = np.empty(len(pairs), dtype=bool)
+    for p, (i, j) in enumerate(pairs.tolist()):
+        ovr = _oks_block(
+            kps[i : i + 1], area[i : i + 1], kps[j : j + 1], area[j : j + 1],
+            variances, visibility_threshold,
+        )  # fmt: skip
+        out[p] = not ovr[0, 0] <= threshold
+    return out
+
+
+def _nms_per_image_torch(
+    ids: np.ndarray,
+    kps: np.ndarray,
+    score: np.ndarray,
+    area: np.ndarray,
+    sigma: np.ndarray,
+    threshold: float,
+    visibility_threshold: float | None,
+    device: Any,
+) -> np.ndarray:
+    """Greedy OKS-NMS of every image at once in torch; the indices :func:`nms_per_image` returns.
+
+    Images with at least two people are sorted by their count and padded into batches
+    of ``(images, M)`` rows, ``M`` the largest count in the batch. Per batch the OKS of
+    every ordered pair of an image is one broadcast expression, and the greedy pass
+    walks the rank ``r = 0 .. M - 1`` once for all images: row ``r`` of an image, if
+    not yet suppressed, suppresses the later rows it overlaps.
+    """
+    import torch
+
+    n = len(kps)
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    perm, bounds = group_by_image(ids)
+    counts = np.diff(bounds)
+    group = np.empty(n, dtype=np.intp)
+    group[perm] = np.repeat(np.arange(len(counts)), counts)
+    order = _grouped_score_order(group, score, perm, bounds)
+    keep = np.ones(n, dtype=bool)  # by position in ``order``
+    multi = np.flatnonzero(counts >= 2)
+    if len(multi) == 0:
+        return order.astype(np.intp)
+    multi = multi[np.argsort(counts[multi], kind="stable")]
+    dev = torch.device(device)
+    num_keypoints = kps.shape[1]
+    variances = (sigma * 2) ** 2
+    kps_t = torch.from_numpy(np.ascontiguousarray(kps)).to(dev)
+    area_t = torch.from_numpy(np.ascontiguousarray(area)).to(dev)
+    var_t = torch.from_numpy(variances).to(dev)
+    order_t = torch.from_numpy(order).to(dev)
+    start = 0
+    while start < len(multi):
+        # As many images as fit the element budget at the largest count among them.
+        stop = start + 1
+        while stop < len(multi):
+            m = counts[multi[stop]]
+            if (stop + 1 - start) * m * m * num_keypoints > _DEVICE_BLOCK_ELEMENTS:
+                break
+            stop += 1
+        groups = multi[start:stop]
+        start = stop
+        width = int(counts[groups[-1]])
+        rank = np.arange(width)
+        positions = bounds[groups][:, None] + rank  # (G, M) positions in ``order``
+        valid = rank < counts[groups][:, None]
+        positions = np.where(valid, positions, bounds[groups][:, None])  # padding: any row
+        pos_t = torch.from_numpy(positions).to(dev)
+        valid_t = torch.from_numpy(valid).to(dev)
+        rows_t = order_t[pos_t]
+        hits_t, near = _suppression_hits(
+            kps_t[rows_t], area_t[rows_t], valid_t, var_t, threshold, visibility_threshold
+        )
+        if near is not None:
+            g, i, j = (t.cpu().numpy() for t in near)
+            pairs = np.stack((order[positions[g, i]], order[positions[g, j]]), axis=1)
+            decided = _recompute_near_threshold(
+                pairs, kps, area, variances, visibility_threshold, threshold
+            )
+            hits_t[near] = torch.from_numpy(decided).to(dev)
+        suppressed = torch.zeros(valid.shape, dtype=torch.bool, device=dev)
+        # Only the ranks that overlap someone matter; one host sync per batch.
+        for r in torch.nonzero(hits_t.any(dim=2).any(dim=0)).flatten().tolist():
+            alive = ~suppressed[:, r]
+            suppressed |= hits_t[:, r, :] & alive[:, None]
+        kept = (valid_t & ~suppressed).cpu().numpy()
+        keep[positions[valid]] = kept[valid]
+    return order[keep].astype(np.intp)
+
+
+def _suppression_hits(
+    people: torch.Tensor,
+    areas: torch.Tensor,
+    valid: torch.Tensor,
+    variances: torch.Tensor,
+    threshold: float,
+    visibility_threshold: float | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """``hits[g, i, j]``: rank ``i`` of image ``g`` would suppress its later rank ``j``.
+
+    ``people`` (G, M, K, 3) in score order, ``areas`` (G, M), ``valid`` (G, M). The OKS
+    is :func:`_oks_block`'s arithmetic in torch (the keypoints' dtype for the squared
+    distances, float64 from the division on), in row blocks of bounded memory. Returns
+    ``hits`` and ``near``: the ``(g, i, j)`` index tensors of the pairs whose OKS lies
+    within ``_UNCERTAIN_BAND`` of the threshold (None when there are none).
+    """
+    import torch
+
+    num_groups, width, num_keypoints = people.shape[:3]
+    later = torch.ones(width, width, dtype=torch.bool, device=people.device).triu(1)
+    pairs = later & valid[:, :, None] & valid[:, None, :]
+    hits = torch.zeros(num_groups, width, width, dtype=torch.bool, device=people.device)
+    near = torch.zeros_like(hits)
+    step = max(1, _DEVICE_BLOCK_ELEMENTS // max(1, num_groups * width * num_keypoints))
+    eps = float(np.spacing(1))
+    for s in range(0, width, step):
+        g = people[:, s : s + step, None]  # (G, b, 1, K, 3): the kept candidate
+        d = people[:, None, :]  # (G, 1, M, K, 3): the others
+        dx = d[..., 0] - g[..., 0]
+        dy = d[..., 1] - g[..., 1]
+        scale = ((areas[:, s : s + step, None] + areas[:, None, :]) / 2).double() + eps
+        e = (dx * dx + dy * dy).double() / variances / scale[..., None] / 2
+        terms = torch.exp(-e)
+        if visibility_threshold is None:
+            ovr = terms.sum(dim=-1) / num_keypoints
+        else:
+            mask = (g[..., 2] > visibility_threshold) & (d[..., 2] > visibility_threshold)
+            count = mask.sum(dim=-1)
+            total = torch.where(mask, terms, 0.0).sum(dim=-1)
+            ovr = torch.where(count > 0, total / count.clamp_min(1), 0.0)
+        block = pairs[:, s : s + step]
+        # ``not <=``: a NaN OKS suppresses, as in the reference.
+        hits[:, s : s + step] = ~(ovr <= threshold) & block
+        near[:, s : s + step] = ((ovr - threshold).abs() < _UNCERTAIN_BAND) & block
+    found = near.nonzero(as_tuple=True) if bool(near.any()) else None
+    return hits, found
