@@ -38,6 +38,7 @@ __all__ = [
     "EXIT_OUTPUT",
     "classify",
     "error_contract",
+    "check_overrides",
     "exit_on_signals",
     "log_into_output_dir",
 ]
@@ -175,3 +176,74 @@ def log_into_output_dir(argv: list[str], run_subdir: str | None = None) -> list[
     if run_subdir and run not in (None, "", "null"):
         return [*argv, f"hydra.run.dir={run}/{run_subdir}"]
     return argv
+
+
+def _group_options(group: str) -> list[str]:
+    from psapose.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _translate_hydra_error(err: BaseException, overrides: list[str]) -> str:
+    """Hydra's composition errors as the documented one-liners, with what is allowed."""
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    from psapose.config import compose_config
+
+    text = str(err)
+    if isinstance(err, MissingConfigException):
+        found = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+        if found:
+            group, value = found.groups()
+            options = ", ".join(_group_options(group))
+            return f"unknown value {group}={value}; allowed: {options}"
+    if isinstance(err, OverrideParseException):
+        return text.splitlines()[0] + " (see the override grammar: key=value, group=option)"
+    found = re.search(r"Could not override '([^']+)'", text)
+    if found:
+        key = found.group(1)
+        parent_key = key.rsplit(".", 1)[0] if "." in key else ""
+        others = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        try:
+            base = compose_config(others)
+            from omegaconf import OmegaConf
+
+            parent = OmegaConf.select(base, parent_key) if parent_key else base
+            allowed = ", ".join(str(k) for k in parent) if OmegaConf.is_dict(parent) else ""
+        except Exception:  # the rest of the command line is broken too: say what we know
+            allowed = ""
+        where = f"allowed here: {allowed}" if allowed else "no such key"
+        return f"unknown key {key}; {where}"
+    return text.strip().splitlines()[0]
+
+
+def check_overrides(tool: str, argv: list[str], validate: bool = True) -> None:
+    """Compose the command line's config once before Hydra runs the tool, so that Hydra's own
+    errors (an unknown key, an unknown group option, a syntax error) and invalid values get
+    the documented one line and exit 2 instead of Hydra's message and exit 1.
+
+    ``validate`` also runs :func:`psapose.config.validate_config` (tools/test.py with
+    ``run=`` validates after merging the run's config instead).
+    """
+    if any(arg.startswith("-") for arg in argv):  # --help, --cfg job, -m: Hydra's own flags
+        return
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from psapose.config import ConfigError, compose_config, validate_config
+
+    with error_contract(tool):
+        try:
+            cfg = compose_config(overrides)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(_translate_hydra_error(err, overrides)) from None
+        experiment = _value_of(overrides, "experiment")
+        if experiment not in (None, "", "null") and experiment not in _group_options("experiment"):
+            # Hydra skips an unknown value of an optional group without a word.
+            options = ", ".join(_group_options("experiment"))
+            raise ConfigError(f"unknown value experiment={experiment}; allowed: {options}")
+        if validate:
+            validate_config(cfg)

@@ -326,6 +326,9 @@ class _Run:
     sync_bn: bool = False
     deterministic: bool = False
     workers: int = 2
+    threads: Optional[int] = None  # noqa: UP045 (intra-op threads; None: chosen from the cores)
+    micro_batches: int = 1  # gradient accumulation: each batch as N sub-batches (BN per sub-batch)
+    dry_run: bool = False  # compose, check, build, count; train or evaluate nothing
     log_interval: int = 20
     pretrained: Optional[str] = None  # noqa: UP045
     resume: Optional[str] = None  # noqa: UP045
@@ -379,6 +382,8 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         "eval.batch_size": typed.eval.batch_size >= 1,
         "eval.interval": typed.eval.interval >= 0,
         "workers": typed.workers >= 0,
+        "micro_batches": typed.micro_batches >= 1,
+        "threads": typed.threads is None or typed.threads >= 1,
         "data.box_padding": typed.data.box_padding > 0,
         "data.max_bad_fraction": 0 <= typed.data.max_bad_fraction <= 1,
         "schedule.max_nonfinite_steps": typed.schedule.max_nonfinite_steps >= 1,

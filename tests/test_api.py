@@ -390,4 +390,29 @@ def test_export_tool_dynamo_round_trip(tmp_path, synthetic_root, capsys):
     assert report["max_abs_diff"] < 1e-4 and report["keypoint_max_diff_px"] < 1e-3
     assert report["ok"] is True
     # A tolerance nothing can meet fails the check with exit code 1.
-    assert export_tool.main([*argv, "--atol", "-1", "--exporter", "torchscript"]) == 1
+    assert (
+        export_tool.main([*argv, "--atol", "-1", "--rtol", "-1", "--exporter", "torchscript"]) == 1
+    )
+    assert "Replaced initializer" not in capsys.readouterr().out, "the export is quiet"
+
+
+@needs_onnxruntime
+def test_onnx_check_passes_a_correct_export_of_flat_maps_and_fails_a_wrong_one(tmp_path):
+    """An untrained model's nearly flat heatmaps: correct, yet argmax rounding could move the
+    keypoints; the check compares keypoints only where the peak is decisive. A wrong export
+    (weights changed after exporting) still fails."""
+    from psapose.export import check_onnx, export_onnx, parity_ok
+
+    cfg = compose_config(["experiment=quickstart", "input_size=[64,64]", "device=cpu"])
+    estimator = PoseEstimator.from_config(cfg, device="cpu", channels_last=False)  # pose init
+    images = estimator.normalize([_spot_image((64, 64), (20 + 5 * i, 30), 5.0) for i in range(4)])
+    path = export_onnx(estimator.model, tmp_path / "flat.onnx", (64, 64), exporter="torchscript")
+    report = check_onnx(path, estimator.model, images, estimator.codec, estimator.spec.flip_indices)
+    assert report["heatmap_max_abs"] < 1e-2, "untrained: flat maps"
+    assert report["keypoints_compared"] < report["keypoints_total"]
+    assert parity_ok(report, atol=1e-4, rtol=1e-5, keypoint_atol=1e-3)
+    with torch.no_grad():
+        final = [m for m in estimator.model.modules() if isinstance(m, nn.Conv2d)][-1]
+        final.weight.mul_(1.5)  # the file no longer matches the model
+    wrong = check_onnx(path, estimator.model, images, estimator.codec, estimator.spec.flip_indices)
+    assert not parity_ok(wrong, atol=1e-4 * wrong["heatmap_max_abs"], rtol=1e-5, keypoint_atol=1e-3)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.cli import error_contract, log_into_output_dir  # noqa: E402
+from psapose.cli import check_overrides, error_contract, log_into_output_dir  # noqa: E402
 from psapose.config import input_size  # noqa: E402
 from psapose.data.builder import ensure_generated  # noqa: E402
 from psapose.engine.trainer import Trainer  # noqa: E402
@@ -78,5 +78,7 @@ if __name__ == "__main__":
     # The quick-start preset unless the command line picks another experiment.
     if not any(arg.startswith(("experiment=", "+experiment=")) for arg in sys.argv[1:]):
         sys.argv.insert(1, "experiment=quickstart")
+    # Hydra's own errors (unknown key or option) as one line and exit 2, before Hydra runs.
+    check_overrides("quickstart", sys.argv[1:])
     sys.argv[1:] = log_into_output_dir(sys.argv[1:])  # train.log beside the checkpoints
     main()

@@ -34,10 +34,11 @@ from omegaconf import DictConfig, open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psapose.checkpoint import load_pose_checkpoint  # noqa: E402
-from psapose.cli import error_contract, exit_on_signals, log_into_output_dir  # noqa: E402
+from psapose.cli import check_overrides, error_contract, exit_on_signals, log_into_output_dir  # noqa: E402
 from psapose.config import ConfigError, build_model, input_size  # noqa: E402
 from psapose.data.builder import build_dataset  # noqa: E402
 from psapose.engine.distributed import cleanup, setup_distributed  # noqa: E402
+from psapose.engine.dry_run import dry_run  # noqa: E402
 from psapose.engine.inference import evaluate_predictions, pixel_stats, predict  # noqa: E402
 from psapose.engine.progress import Progress  # noqa: E402
 from psapose.engine.trainer import prepare_config  # noqa: E402
@@ -48,6 +49,7 @@ from psapose.evaluation import (  # noqa: E402
     write_test_dev_results,
 )
 from psapose.run_folder import config_from_run, run_checkpoint  # noqa: E402
+from psapose.runtime import check_runtime  # noqa: E402
 
 log = logging.getLogger("test")
 
@@ -69,11 +71,16 @@ def from_run(cfg: DictConfig) -> DictConfig:
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     if cfg.get("run"):
         cfg = from_run(cfg)
-    cfg, spec, codec = prepare_config(cfg)
     if not cfg.checkpoint:
         raise ConfigError(
             "checkpoint is required: checkpoint=PATH (a .pth file or URL), or run=RUN_DIR"
         )
+    if cfg.dry_run:
+        facts = dry_run(cfg, "test")
+        log.info("%s", facts["summary"])
+        return facts
+    cfg, spec, codec = prepare_config(cfg)
+    check_runtime(cfg)
     dist, device = setup_distributed(cfg.device)
     size = input_size(cfg)
     split = cfg.eval.split
@@ -101,7 +108,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     if not dist.is_main:
         return out
     results, stats = evaluate_predictions(
-        preds, dataset, cfg.eval.nms, cfg.eval.nms_threshold, cfg.eval.rescore_threshold
+        preds, dataset, cfg.eval.nms, cfg.eval.nms_threshold, cfg.eval.rescore_threshold, device
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     if split == "test-dev":
@@ -147,7 +154,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = log_into_output_dir(
-        sys.argv[1:], "test_${now:%Y%m%d-%H%M%S}"
-    )  # the log beside the outputs
+    # Hydra's own errors (unknown key or option) as one line and exit 2, before Hydra runs;
+    # with run= the merged config is validated in from_run instead.
+    check_overrides("test", sys.argv[1:], validate=not any(a.startswith("run=") for a in sys.argv))
+    # The log beside the results (inside the run evaluated, with run= and no output_dir).
+    sys.argv[1:] = log_into_output_dir(sys.argv[1:], "test_${now:%Y%m%d-%H%M%S}")
     main()

@@ -35,8 +35,9 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psapose.cli import error_contract, log_into_output_dir  # noqa: E402
+from psapose.cli import check_overrides, error_contract, log_into_output_dir  # noqa: E402
 from psapose.engine.distributed import cleanup  # noqa: E402
+from psapose.engine.dry_run import dry_run  # noqa: E402
 from psapose.engine.trainer import Trainer  # noqa: E402
 from psapose.evaluation import format_table  # noqa: E402
 
@@ -49,6 +50,9 @@ def main(cfg: DictConfig) -> float:
     # Anticipated failures (docs/reliability.md) end with one line and their exit code:
     # 2 bad input at start, 3 a guard, 4 an unwritable output, 128 + N a stop signal.
     with error_contract("train", log.error):
+        if cfg.dry_run:
+            log.info("%s", dry_run(cfg, "train")["summary"])
+            return 0.0
         try:
             trainer = Trainer(cfg, output_dir)
             result = trainer.fit()
@@ -65,5 +69,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Hydra's own errors (unknown key or option) as one line and exit 2, before Hydra runs.
+    check_overrides("train", sys.argv[1:])
     sys.argv[1:] = log_into_output_dir(sys.argv[1:])  # the log beside the outputs
     main()

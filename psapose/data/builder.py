@@ -24,6 +24,7 @@ __all__ = [
     "build_dataset",
     "build_keypoint_spec",
     "ensure_generated",
+    "will_generate",
     "load_split",
     "split_path",
 ]
@@ -139,6 +140,14 @@ DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
 
 def _is_default_synthetic_root(root: str) -> bool:
     return Path(root).expanduser().resolve() == Path(DEFAULT_SYNTHETIC_ROOT).resolve()
+
+
+def will_generate(data_cfg: DictConfig) -> bool:
+    """Whether :func:`ensure_generated` would write the synthetic dataset now."""
+    options, ask = data_cfg.get("synthetic"), bool(data_cfg.get("generate", False))
+    ann = split_path(data_cfg, "train", "ann_file")
+    missing = ann is None or not ann.is_file()
+    return missing and (ask or (bool(options) and _is_default_synthetic_root(str(data_cfg.root))))
 
 
 def ensure_generated(data_cfg: DictConfig) -> dict | None:

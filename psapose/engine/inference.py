@@ -182,12 +182,18 @@ def evaluate_predictions(
     nms: str = "oks",
     nms_threshold: float = 0.9,
     rescore_threshold: float = 0.2,
+    device: torch.device | str | None = None,
 ) -> tuple[list[dict], dict[str, float] | None]:
-    """COCO results after rescoring and OKS-NMS, and the AP table when the split has keypoints."""
-    from psapose.evaluation import evaluate_keypoints, keypoint_results
+    """COCO results after rescoring and OKS-NMS, and the AP table when the split has keypoints.
+
+    On a CUDA ``device`` the greedy OKS-NMS of all images runs there (the same results).
+    """
+    from psapose.evaluation import evaluate_keypoints
+    from psapose.evaluation.device import keypoint_results_on_device
 
     spec = dataset.spec
-    results = keypoint_results(
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    results = keypoint_results_on_device(
         predictions.image_ids,
         predictions.keypoints,
         predictions.scores,
@@ -197,6 +203,7 @@ def evaluate_predictions(
         nms=nms,
         nms_threshold=nms_threshold,
         rescore_threshold=rescore_threshold,
+        device=device if on_gpu else None,
     )
     stats = None
     if dataset.instances.has_annotations:

@@ -23,6 +23,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ from psapose.engine.loss import build_loss
 from psapose.engine.progress import Progress
 from psapose.engine.sampler import EpochSampler
 from psapose.evaluation.pixel_metrics import PixelMetricsError, lower_is_better
+from psapose.runtime import check_runtime
 from psapose.visualize import draw_poses, heatmap_image, image_grid
 
 __all__ = [
@@ -127,16 +129,24 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        # Crops have one fixed size: cuDNN's per-shape algorithm search is paid once.
+        torch.backends.cudnn.benchmark = True
 
 
 class Trainer:
     """Builds everything from a composed config and runs :meth:`fit`."""
 
-    def __init__(self, cfg: DictConfig, output_dir: str | Path, micro_batches: int = 1) -> None:
+    def __init__(
+        self, cfg: DictConfig, output_dir: str | Path, micro_batches: int | None = None
+    ) -> None:
         self.cfg, self.spec, self.codec = prepare_config(cfg)
+        check_runtime(self.cfg)  # device, precision, sync_bn, compile: exit 2 with what to use
         self.output_dir = Path(output_dir)
         self.dist, self.device = setup_distributed(cfg.device)
-        self.micro_batches = micro_batches  # one process emulating DDP shards (tests)
+        # Each batch as N sub-batches, gradients accumulated: BatchNorm sees each sub-batch
+        # alone, as N DDP ranks would (docs/models.md).
+        self.micro_batches = int(micro_batches or cfg.get("micro_batches", 1) or 1)
         seed_everything(cfg.seed, cfg.deterministic)
         if self.dist.is_main:
             generated = ensure_generated(cfg.data)
@@ -273,13 +283,20 @@ class Trainer:
                 log.info("pretrained backbone: %s", report.summary())
         if self.cfg.sync_bn and self.dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.cfg.sync_bn:
+            log.warning("sync_bn=true has no effect in one process (BatchNorm sees the batch)")
         model = model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw_model = model
+        self.ddp: DistributedDataParallel | None = None
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            # Gradients written straight into DDP's buckets: no copy, and channels-last
+            # weights no longer warn that their grad strides differ from the bucket's.
+            model = self.ddp = DistributedDataParallel(
+                model, device_ids=ids, gradient_as_bucket_view=True
+            )
         if self.cfg.compile:
             model = torch.compile(model)
         return model
@@ -437,11 +454,15 @@ class Trainer:
             weights.chunk(self.micro_batches),
             strict=True,
         )
-        for img, tgt, wgt in chunks:
-            with autocast(self.device, self.precision):
-                heatmaps = self.model(img)
-            loss = self.loss_fn(heatmaps, tgt, wgt) / self.micro_batches
-            self.scaler.scale(loss).backward()
+        for i, (img, tgt, wgt) in enumerate(chunks):
+            # Under DDP gradients are reduced once, after the last sub-batch (nanoGPT's way).
+            last = i == self.micro_batches - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
+            with sync:
+                with autocast(self.device, self.precision):
+                    heatmaps = self.model(img)
+                loss = self.loss_fn(heatmaps, tgt, wgt) / self.micro_batches
+                self.scaler.scale(loss).backward()
             total += loss.item()
         nonfinite, signalled, invalid_rows, new_count = self._agree(
             [not math.isfinite(total), self.signals.requested, invalid_rows, len(new_bad)]
@@ -601,7 +622,7 @@ class Trainer:
         stats = None
         if self.dist.is_main:
             _, stats = evaluate_predictions(
-                preds, self.val_set, c.nms, c.nms_threshold, c.rescore_threshold
+                preds, self.val_set, c.nms, c.nms_threshold, c.rescore_threshold, self.device
             )
             try:
                 pixel = pixel_stats(preds, self.val_set)
