@@ -30,6 +30,7 @@ __all__ = [
     "OnnxUnavailable",
     "calibrate_batchnorm",
     "check_onnx",
+    "compare_heatmaps",
     "decisive_peaks",
     "export_onnx",
     "onnx_session",
@@ -210,8 +211,6 @@ def check_onnx(
     the heatmap difference itself): elsewhere a correct export of an untrained or early
     checkpoint, whose maps are nearly flat, would decode elsewhere from rounding alone.
     """
-    from psapose.codecs import average_flip
-
     session = onnx_session(path)
     model = model.eval().cpu()
     x = images.detach().float().cpu().contiguous()
@@ -223,33 +222,53 @@ def check_onnx(
         return reference, torch.from_numpy(ours)
 
     reference, ours = both(x)
+    flipped = None
+    if codec is not None and flip_indices is not None:
+        flipped = both(x.flip(-1).contiguous())
+    report = {
+        "batch": int(x.shape[0]),
+        **compare_heatmaps(reference, ours, codec, flipped, flip_indices),
+    }
+    return report
+
+
+def compare_heatmaps(
+    reference: torch.Tensor,
+    ours: torch.Tensor,
+    codec: Any = None,
+    flipped: tuple[torch.Tensor, torch.Tensor] | None = None,
+    flip_indices: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Heatmap and decoded-keypoint differences between a reference and a candidate
+    (the flipped inputs' pair for the flip test): the numbers :func:`parity_ok` judges."""
+    from psapose.codecs import average_flip
+
     diff = (reference - ours).abs()
     peak = reference.abs().max().clamp_min(1e-12)
     report: dict[str, Any] = {
-        "batch": int(x.shape[0]),
         "heatmap_shape": list(reference.shape[1:]),
         "heatmap_max_abs": float(reference.abs().max()),
         "max_abs_diff": float(diff.max()),
         "max_rel_diff": float(diff.max() / peak),
     }
-    if codec is not None:
-        if flip_indices is not None:
-            ref_flip, ours_flip = both(x.flip(-1).contiguous())
-            reference = average_flip(reference, ref_flip, flip_indices, codec)
-            ours = average_flip(ours, ours_flip, flip_indices, codec)
-            report["flip_max_abs_diff"] = float((reference - ours).abs().max())
-        ref_kps, ref_scores = codec.decode(reference)
-        our_kps, our_scores = codec.decode(ours)
-        c = codec.channels_per_keypoint
-        per_map = (reference - ours).abs().flatten(2).amax(-1)[:, ::c]
-        # 4x the difference, and a millionth of the peak for float rounding in the decoder.
-        decisive = decisive_peaks(reference[:, ::c], 4 * per_map + 1e-6 * float(peak))
-        kps_diff = (ref_kps - our_kps).abs().amax(-1)
-        report["keypoints_compared"] = int(decisive.sum())
-        report["keypoints_total"] = int(decisive.numel())
-        report["keypoint_max_diff_px"] = float(kps_diff[decisive].max()) if decisive.any() else 0.0
-        report["keypoint_max_diff_px_all"] = float(kps_diff.max())
-        report["score_max_diff"] = float((ref_scores - our_scores).abs().max())
+    if codec is None:
+        return report
+    if flipped is not None:
+        reference = average_flip(reference, flipped[0], flip_indices, codec)
+        ours = average_flip(ours, flipped[1], flip_indices, codec)
+        report["flip_max_abs_diff"] = float((reference - ours).abs().max())
+    ref_kps, ref_scores = codec.decode(reference)
+    our_kps, our_scores = codec.decode(ours)
+    c = codec.channels_per_keypoint
+    per_map = (reference - ours).abs().flatten(2).amax(-1)[:, ::c]
+    # 4x the difference, and a millionth of the peak for float rounding in the decoder.
+    decisive = decisive_peaks(reference[:, ::c], 4 * per_map + 1e-6 * float(peak))
+    kps_diff = (ref_kps - our_kps).abs().amax(-1)
+    report["keypoints_compared"] = int(decisive.sum())
+    report["keypoints_total"] = int(decisive.numel())
+    report["keypoint_max_diff_px"] = float(kps_diff[decisive].max()) if decisive.any() else 0.0
+    report["keypoint_max_diff_px_all"] = float(kps_diff.max())
+    report["score_max_diff"] = float((ref_scores - our_scores).abs().max())
     return report
 
 

@@ -396,23 +396,56 @@ def test_export_tool_dynamo_round_trip(tmp_path, synthetic_root, capsys):
     assert "Replaced initializer" not in capsys.readouterr().out, "the export is quiet"
 
 
+def test_parity_check_passes_flat_maps_that_round_differently_and_fails_a_wrong_export():
+    """An early checkpoint's maps: flat to 1e-8, an export that differs by 2e-9 moves every
+    argmax (the old check failed it); only decisive peaks are compared. A wrong export,
+    with peaks in other places, still fails, and so do heatmaps beyond both tolerances."""
+    from psapose.codecs import UDPHeatmap
+    from psapose.export import compare_heatmaps, decisive_peaks, parity_ok
+
+    codec = UDPHeatmap(input_size=(64, 48))
+    g = torch.Generator().manual_seed(0)
+    flat = 1.0 + 1e-8 * torch.rand((2, 17, 16, 12), generator=g, dtype=torch.float64)
+    rounded = flat + 2e-9 * torch.rand(flat.shape, generator=g, dtype=torch.float64)
+    report = compare_heatmaps(flat.float(), rounded.float(), codec)
+    assert report["max_abs_diff"] < 1e-7 and report["keypoints_compared"] == 0
+    assert parity_ok(report, atol=1e-4, rtol=1e-5, keypoint_atol=1e-3)
+
+    trained, _ = codec.encode(torch.rand((2, 17, 2), generator=g) * 40 + 4, torch.ones(2, 17))
+    assert decisive_peaks(trained, 1e-3).all()
+    exact = compare_heatmaps(trained, trained + 1e-7, codec)
+    assert exact["keypoints_compared"] == 34 and parity_ok(exact, 1e-4, 1e-5, 1e-3)
+    moved, _ = codec.encode(torch.rand((2, 17, 2), generator=g) * 40 + 4, torch.ones(2, 17))
+    wrong = compare_heatmaps(trained, moved, codec)
+    assert wrong["keypoint_max_diff_px_all"] > 1 and wrong["max_rel_diff"] > 0.5
+    assert not parity_ok(wrong, atol=1e-4, rtol=1e-5, keypoint_atol=1e-3)
+    # Peaks that stay decisive against the differences but decode elsewhere fail too.
+    shifted = compare_heatmaps(trained, torch.roll(trained, 1, dims=-1) * 1e-6 + trained, codec)
+    assert shifted["keypoints_compared"] == 34
+    assert not parity_ok(shifted, atol=1e-4, rtol=1e-5, keypoint_atol=1e-9)
+
+
 @needs_onnxruntime
-def test_onnx_check_passes_a_correct_export_of_flat_maps_and_fails_a_wrong_one(tmp_path):
-    """An untrained model's nearly flat heatmaps: correct, yet argmax rounding could move the
-    keypoints; the check compares keypoints only where the peak is decisive. A wrong export
-    (weights changed after exporting) still fails."""
+def test_onnx_check_of_an_early_checkpoint_compares_only_decisive_peaks(tmp_path):
+    """Through the real export and onnxruntime: an early checkpoint's flat maps pass (no peak
+    is decisive, none compared); after changing the model the same file fails."""
     from psapose.export import check_onnx, export_onnx, parity_ok
 
     cfg = compose_config(["experiment=quickstart", "input_size=[64,64]", "device=cpu"])
     estimator = PoseEstimator.from_config(cfg, device="cpu", channels_last=False)  # pose init
     images = estimator.normalize([_spot_image((64, 64), (20 + 5 * i, 30), 5.0) for i in range(4)])
+    final = [m for m in estimator.model.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():  # an early checkpoint: maps flat to within float32's rounding at 1
+        final.weight.mul_(1e-6)
+        final.bias.fill_(1.0)
     path = export_onnx(estimator.model, tmp_path / "flat.onnx", (64, 64), exporter="torchscript")
     report = check_onnx(path, estimator.model, images, estimator.codec, estimator.spec.flip_indices)
-    assert report["heatmap_max_abs"] < 1e-2, "untrained: flat maps"
-    assert report["keypoints_compared"] < report["keypoints_total"]
+    assert report["max_abs_diff"] < 1e-6, "a correct export"
+    assert report["keypoints_compared"] < report["keypoints_total"] // 2, report
     assert parity_ok(report, atol=1e-4, rtol=1e-5, keypoint_atol=1e-3)
     with torch.no_grad():
-        final = [m for m in estimator.model.modules() if isinstance(m, nn.Conv2d)][-1]
-        final.weight.mul_(1.5)  # the file no longer matches the model
+        final.weight.mul_(1e6)  # now the file no longer matches the model: a wrong export
+        final.bias.zero_()
     wrong = check_onnx(path, estimator.model, images, estimator.codec, estimator.spec.flip_indices)
-    assert not parity_ok(wrong, atol=1e-4 * wrong["heatmap_max_abs"], rtol=1e-5, keypoint_atol=1e-3)
+    assert wrong["max_abs_diff"] > 0.5
+    assert not parity_ok(wrong, atol=1e-4, rtol=1e-5, keypoint_atol=1e-3)
