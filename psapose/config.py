@@ -325,7 +325,7 @@ class _Run:
     compile: bool = False
     sync_bn: bool = False
     deterministic: bool = False
-    workers: int = 2
+    workers: Optional[int] = None  # noqa: UP045 (DataLoader workers; None: from the cores)
     threads: Optional[int] = None  # noqa: UP045 (intra-op threads; None: chosen from the cores)
     micro_batches: int = 1  # gradient accumulation: each batch as N sub-batches (BN per sub-batch)
     dry_run: bool = False  # compose, check, build, count; train or evaluate nothing
@@ -381,7 +381,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         "schedule.warmup_ratio": 0 < typed.schedule.warmup_ratio <= 1,
         "eval.batch_size": typed.eval.batch_size >= 1,
         "eval.interval": typed.eval.interval >= 0,
-        "workers": typed.workers >= 0,
+        "workers": typed.workers is None or typed.workers >= 0,
         "micro_batches": typed.micro_batches >= 1,
         "threads": typed.threads is None or typed.threads >= 1,
         "data.box_padding": typed.data.box_padding > 0,

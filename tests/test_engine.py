@@ -115,6 +115,7 @@ def _mini_overrides(tmp: Path, **extra: str) -> list[str]:
         "eval.batch_size": "32",
         "eval.images": "2",
         "workers": "0",
+        "threads": "1",  # a fixed count: bit-identical comparisons need the same reductions
         "log_interval": "2",
         "device": "cpu",
         "output_dir": str(tmp),

@@ -44,12 +44,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psapose.threads import prefer_passive_waiting  # noqa: E402
+
+prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
+
 from psapose.api import PoseEstimator, Poses, as_boxes, image_paths, resolve_device  # noqa: E402
 from psapose.cli import error_contract, exit_on_signals  # noqa: E402
 from psapose.data.coco import read_json  # noqa: E402
 from psapose.data.labels_csv import write_pose_csv  # noqa: E402
 from psapose.data.transforms import ImageReadError, read_image  # noqa: E402
 from psapose.evaluation import keypoint_results, write_results  # noqa: E402
+from psapose.threads import ThreadPolicy  # noqa: E402
 from psapose.visualize import draw_poses  # noqa: E402
 
 log = logging.getLogger("demo")
@@ -81,6 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="demo_out", help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads (default: the usable cores minus other "
+        "processes' load, re-chosen as it changes)",
+    )  # fmt: skip
     parser.add_argument("--no-flip", action="store_true", help="no flip test")
     parser.add_argument("--nms", choices=("oks", "soft", "none"), default="oks")
     parser.add_argument(
@@ -274,6 +283,8 @@ def run(args: argparse.Namespace) -> dict:
         raise DemoInputError(f"{source}: not found")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    threads = ThreadPolicy(args.threads)  # the cores this process may use, and their load
+    threads.start("demo")
     estimator = load_estimator(args)
     detections = detection_boxes(args.detections, args.det_threshold) if args.detections else None
     detector = (
@@ -300,6 +311,7 @@ def run(args: argparse.Namespace) -> dict:
             images, chunk_ids, names = chunk, list(range(count, count + len(chunk))), None
         else:
             names, chunk_ids, images = (list(column) for column in zip(*chunk, strict=True))
+        threads.step()
         poses, by_image = estimate_chunk(estimator, images, chunk_ids, boxes_for, args.nms)
         for position, (image, p, image_id) in enumerate(zip(images, poses, chunk_ids, strict=True)):
             people += len(p)

@@ -35,6 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psapose.threads import prefer_passive_waiting  # noqa: E402
+
+prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
+
 from psapose.api import PoseEstimator, image_paths  # noqa: E402
 from psapose.cli import error_contract, exit_on_signals  # noqa: E402
 from psapose.data.transforms import read_image  # noqa: E402

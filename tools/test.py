@@ -33,6 +33,10 @@ from omegaconf import DictConfig, open_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psapose.threads import prefer_passive_waiting  # noqa: E402
+
+prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
+
 from psapose.checkpoint import load_pose_checkpoint  # noqa: E402
 from psapose.cli import check_overrides, error_contract, exit_on_signals, log_into_output_dir  # noqa: E402
 from psapose.config import ConfigError, build_model, input_size  # noqa: E402
@@ -50,6 +54,7 @@ from psapose.evaluation import (  # noqa: E402
 )
 from psapose.run_folder import config_from_run, run_checkpoint  # noqa: E402
 from psapose.runtime import check_runtime  # noqa: E402
+from psapose.threads import ThreadPolicy, resolve_workers  # noqa: E402
 
 log = logging.getLogger("test")
 
@@ -85,11 +90,14 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     size = input_size(cfg)
     split = cfg.eval.split
     dataset = build_dataset(cfg.data, split, size, augment=False, udp=codec.use_udp)
+    threads = ThreadPolicy(cfg.threads, fixed=bool(cfg.deterministic))
+    threads.start("evaluation")
+    workers = resolve_workers(cfg.workers)
     if dist.is_main:
         log.info(
             "%s: %s; input %dx%d, device %s, %d threads, %d workers, precision %s, flip test %s",
-            split, dataset.instances.summary(), *size, device, torch.get_num_threads(),
-            cfg.workers, cfg.precision, "on" if cfg.eval.flip_test else "off",
+            split, dataset.instances.summary(), *size, device, threads.threads,
+            workers, cfg.precision, "on" if cfg.eval.flip_test else "off",
         )  # fmt: skip
     model = build_model(cfg)
     load_pose_checkpoint(model, cfg.checkpoint, strict=True)  # logs what it loaded
@@ -99,10 +107,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     start = time.perf_counter()
     preds = predict(
         model, dataset, codec, device,
-        batch_size=cfg.eval.batch_size, workers=cfg.workers, flip_test=cfg.eval.flip_test,
+        batch_size=cfg.eval.batch_size, workers=workers, flip_test=cfg.eval.flip_test,
         precision=cfg.precision, channels_last=cfg.channels_last,
         rank=dist.rank, world_size=dist.world_size,
         progress=(lambda total, label: Progress(total, label)) if dist.is_main else None,
+        threads=threads,
     )  # fmt: skip
     out: dict = {"instances": len(preds.index), "seconds_inference": time.perf_counter() - start}
     if not dist.is_main:

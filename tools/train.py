@@ -35,6 +35,10 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psapose.threads import prefer_passive_waiting  # noqa: E402
+
+prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
+
 from psapose.cli import check_overrides, error_contract, log_into_output_dir  # noqa: E402
 from psapose.engine.distributed import cleanup  # noqa: E402
 from psapose.engine.dry_run import dry_run  # noqa: E402

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from psapose.checkpoint import load_pose_checkpoint
@@ -22,6 +21,7 @@ from psapose.data.builder import build_dataset, will_generate
 from psapose.data.coco import AnnotationFileNotFound
 from psapose.models.complexity import count_parameters, paper_convention_macs
 from psapose.runtime import check_runtime
+from psapose.threads import resolve_workers, usable_cores
 
 __all__ = ["dry_run"]
 
@@ -66,7 +66,10 @@ def dry_run(cfg: DictConfig, mode: str = "train") -> dict[str, Any]:
     if mode == "test" and cfg.checkpoint:
         report = load_pose_checkpoint(model, cfg.checkpoint, strict=True)
         lines.append(f"checkpoint: {report.source} fits ({len(report.loaded)} tensors)")
-    lines.append(f"threads {torch.get_num_threads()}, workers {cfg.workers}; nothing was run")
+    lines.append(
+        f"{usable_cores()} usable cores: threads {cfg.threads or 'chosen from the load at start'}"
+        f", {resolve_workers(cfg.workers)} workers; nothing was run"
+    )
     facts["summary"] = "\n".join(lines)
     return facts
 

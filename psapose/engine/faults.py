@@ -3,18 +3,20 @@
 **Stop signals.** Schedulers pre-empt a job by sending SIGTERM to its whole
 process group (Slurm, ``timeout``, systemd, Kubernetes), and ``torchrun``
 forwards the one it gets to its ranks, so a rank can see SIGTERM twice and its
-DataLoader workers see it at the same moment as the main process. Here:
+DataLoader workers die of it at the same moment as the main process is told to
+stop. Here:
 
-* workers ignore SIGTERM and SIGINT (:func:`worker_ignores_stop_signals`): the
-  main process finishes the current step with them alive, writes a resumable
-  checkpoint and then shuts them down itself;
 * the first SIGTERM or SIGINT only sets a flag (:class:`StopSignals`) that the
   loop reads between steps; a repeated SIGTERM is the launcher's copy and is
-  ignored; a second SIGINT (Ctrl-C pressed again) stops at once;
+  ignored; a SIGINT after the first signal (Ctrl-C pressed again) stops at once;
 * once a stop is requested, a dying worker can no longer raise PyTorch's
   ``DataLoader worker ... killed by signal`` from whatever line the main process
   is on (its SIGCHLD check is suspended); the loader reports it at the next
-  batch instead, where the loop treats it as the end of the epoch.
+  batch instead, where the loop (and evaluation) treat it as the end;
+* workers ignore SIGINT (a terminal's Ctrl-C reaches the whole group; the main
+  process decides), but not SIGTERM: Python's own exit terminates daemonic
+  workers with SIGTERM and waits for them, so a worker ignoring it would hang
+  every interrupted run at exit.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ __all__ = [
     "StopSignals",
     "TrainingError",
     "TrainingInterrupted",
-    "worker_ignores_stop_signals",
+    "init_worker",
 ]
 
 log = logging.getLogger("psapose")
@@ -71,16 +73,14 @@ class TrainingInterrupted(Exception):  # noqa: N818 (not an error: a requested s
         return 128 + self.signum
 
 
-def worker_ignores_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: SIGINT and SIGTERM are for the main process.
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C is for the main process.
 
-    A terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group;
-    the main process turns them into a checkpoint and a clean stop, which needs
-    its workers alive meanwhile. Workers still end when the main process shuts
-    the loader down, and on their own if it dies (PyTorch's parent watchdog).
+    A terminal's Ctrl-C reaches the whole process group; the main process turns it
+    into a checkpoint and a clean stop, with its workers alive meanwhile. SIGTERM is
+    left alone (see the module docstring): its death is handled in the main process.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _torch_sigchld_handler() -> Any:
@@ -125,6 +125,11 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
+            if s == signal.SIGCHLD and self.signum is not None:
+                # Workers of the stopped run may still be dying: their SIGCHLD must not
+                # raise in the middle of the exit. The wrapper stays (it passes on again
+                # only if no stop was requested).
+                continue
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 

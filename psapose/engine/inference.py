@@ -18,7 +18,7 @@ from psapose.data.coco import TopDownDataset
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import crop_to_image
 from psapose.engine.distributed import all_gather_objects
-from psapose.engine.faults import worker_ignores_stop_signals
+from psapose.engine.faults import init_worker
 from psapose.engine.sampler import EpochSampler
 
 __all__ = [
@@ -98,6 +98,7 @@ def predict(
     world_size: int = 1,
     progress: Any = None,
     should_stop: Callable[[], bool] | None = None,
+    threads: Any = None,
 ) -> Predictions:
     """Keypoints of every crop of ``dataset`` in image pixels (gathered on every rank).
 
@@ -105,7 +106,9 @@ def predict(
     predictions, each path logged once. ``should_stop`` is asked before every
     batch (on every rank, so under DDP it must agree across ranks); when it says
     yes, :class:`EvaluationStopped` is raised (a pre-empted run stops within a
-    batch instead of finishing a long evaluation).
+    batch instead of finishing a long evaluation). ``threads``, a
+    :class:`~psapose.threads.ThreadPolicy`, re-chooses the thread count as the
+    machine's load changes.
     """
     was_training = model.training
     model.eval()
@@ -118,12 +121,14 @@ def predict(
         sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=worker_ignores_stop_signals if workers > 0 else None,
+        worker_init_fn=init_worker if workers > 0 else None,
     )
     flip_indices = dataset.spec.flip_indices if flip_test else None
     parts = []
     unreadable: dict[str, int] = {}
-    for batch in _progress(loader, progress):
+    for batch in _stoppable(_progress(loader, progress), should_stop):
+        if threads is not None:
+            threads.step()
         if should_stop is not None and should_stop():
             model.train(was_training)
             raise EvaluationStopped(
@@ -163,6 +168,22 @@ def predict(
     local = Predictions.concatenate(parts)
     gathered = all_gather_objects(local)
     return Predictions.concatenate(gathered) if len(gathered) > 1 else local
+
+
+def _stoppable(batches: Iterator[dict], should_stop: Callable[[], bool] | None) -> Iterator[dict]:
+    """The batches; workers that died with the process group after a stop signal end the
+    evaluation as a stop (:class:`EvaluationStopped`), not as a crash."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:  # dead workers: a RuntimeError, or a reset socket mid-batch
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(f"evaluation stopped: {err}") from err
+            raise
+        yield batch
 
 
 def _progress(loader: DataLoader, progress: Any) -> Iterator[dict]:

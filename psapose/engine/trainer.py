@@ -62,7 +62,7 @@ from psapose.engine.faults import (
     StopSignals,
     TrainingError,
     TrainingInterrupted,
-    worker_ignores_stop_signals,
+    init_worker,
 )
 from psapose.engine.inference import (
     EvaluationStopped,
@@ -77,6 +77,7 @@ from psapose.engine.progress import Progress
 from psapose.engine.sampler import EpochSampler
 from psapose.evaluation.pixel_metrics import PixelMetricsError, lower_is_better
 from psapose.runtime import check_runtime
+from psapose.threads import ThreadPolicy, resolve_workers
 from psapose.visualize import draw_poses, heatmap_image, image_grid
 
 __all__ = [
@@ -159,6 +160,10 @@ class Trainer:
             log.info("bf16 autocast on the CPU")
         # Every input is read and checked here, before any training: a broken val file
         # must not surface after the first epoch.
+        # Intra-op threads from the cores this process may use and the load on them,
+        # re-chosen as it changes; DataLoader workers from the same cores.
+        self.threads = ThreadPolicy(cfg.threads, fixed=bool(cfg.deterministic))
+        self.workers = resolve_workers(cfg.workers)
         self.train_set = build_dataset(
             cfg.data, "train", self.input_size, seed=cfg.seed, udp=self.codec.use_udp
         )
@@ -183,11 +188,11 @@ class Trainer:
             self.train_set,
             batch_size=batch_size,
             sampler=self.sampler,
-            num_workers=cfg.workers,
+            num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg.workers > 0,
+            persistent_workers=self.workers > 0,
             drop_last=True,
-            worker_init_fn=worker_ignores_stop_signals if cfg.workers > 0 else None,
+            worker_init_fn=init_worker if self.workers > 0 else None,
         )
         self.epoch, self.step, self.best_ap = 0, 0, -1.0
         # The evaluation number that picks best.pth (AP, or a pixel error for own data).
@@ -200,6 +205,7 @@ class Trainer:
         self.epoch_losses: list[float] = []
         # An epoch whose checkpoint was written but whose evaluation did not finish.
         self.pending_eval = False
+        self.epoch_rate = float("nan")  # training images/s of the last epoch
         self.counters = {"skipped_samples": 0, "nonfinite_steps": 0}  # whole run
         self.epoch_counters = {"skipped_samples": 0, "nonfinite_steps": 0}
         self.bad = BadSamples(len(self.train_set), cfg.data.max_bad_fraction)
@@ -215,6 +221,7 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.output_dir / "tb"))
         self._maybe_resume()
+        self.threads.start("training" if self.dist.is_main else f"rank {self.dist.rank}")
         if self.dist.is_main:
             log.info("%s", self.summary())
 
@@ -233,7 +240,7 @@ class Trainer:
             f"{self.sampler.num_batches()} steps per epoch at batch {self.sampler.batch_size}"
             f"{f' x {self.dist.world_size} processes' if self.dist.world_size > 1 else ''}, "
             f"{self.cfg.schedule.epochs} epochs; device {self.device}, "
-            f"{torch.get_num_threads()} threads, {self.cfg.workers} workers, "
+            f"{self.threads.threads} threads, {self.workers} workers, "
             f"precision {self.precision}; best.pth by {self.best_metric}"
         )
 
@@ -433,6 +440,7 @@ class Trainer:
         decision at the same step.
         """
         self.model.train()
+        self.threads.step()
         lr = self._set_lr()
         images = normalize_images(
             batch["image"], device=self.device, channels_last=self.cfg.channels_last
@@ -555,9 +563,9 @@ class Trainer:
                 batch = next(iterator)
             except StopIteration:
                 return
-            except RuntimeError as err:
-                # Workers killed with the rest of the process group (they ignore SIGTERM,
-                # but a scheduler may follow with SIGKILL, or kill them one by one).
+            except Exception as err:
+                # Workers killed with the rest of the process group by the stop signal: the
+                # loader says so as a RuntimeError, or fails mid-transfer (a reset socket).
                 if not self.signals.requested:
                     raise
                 log.warning("data loading stopped after the signal (%s)", err)
@@ -590,6 +598,8 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - start
         rate = steps * self.sampler.global_batch / max(elapsed, 1e-9)
+        # This session's rate (a resumed epoch counts only the batches trained now).
+        self.epoch_rate = rate
         mean = float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan")
         if self.writer is not None and self.stop_signal is None:
             self.writer.add_scalar("train/images_per_s", rate, self.step)
@@ -611,13 +621,14 @@ class Trainer:
             self.codec,
             self.device,
             batch_size=c.batch_size,
-            workers=self.cfg.workers,
+            workers=self.workers,
             flip_test=c.flip_test,
             precision=self.precision,
             channels_last=self.cfg.channels_last,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             should_stop=lambda: bool(self._agree([self.signals.requested])[0]),
+            threads=self.threads,
         )
         stats = None
         if self.dist.is_main:
@@ -644,8 +655,11 @@ class Trainer:
         :class:`NonFiniteLossError`; both leave the checkpoints as they were.
         """
         self.signals = StopSignals()
-        with self.signals:
-            return self._fit()
+        try:
+            with self.signals:
+                return self._fit()
+        finally:
+            self.threads.restore()  # the process's own thread count, as before fit
 
     def _stop_for_signal(self, write: bool) -> None:
         signum = self.stop_signal or self.signals.signum or signal.SIGTERM
@@ -707,7 +721,13 @@ class Trainer:
             if self.stop_signal is not None:
                 self._stop_for_signal(write=True)
             self.epoch += 1
-            record: dict[str, Any] = {"epoch": self.epoch, "loss": loss, **self.epoch_counters}
+            record: dict[str, Any] = {
+                "epoch": self.epoch,
+                "loss": loss,
+                "images_per_s": self.epoch_rate,
+                "threads": self.threads.threads,
+                **self.epoch_counters,
+            }
             self.history.append(record)
             self.batch_in_epoch, self.epoch_losses = 0, []
             if self.writer is not None:
