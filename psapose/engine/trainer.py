@@ -666,11 +666,17 @@ class Trainer:
         path = self.save(LATEST) if write else self.output_dir / "checkpoints" / LATEST
         barrier()
         if self.dist.is_main:
+            where = (
+                f"during the evaluation of epoch {self.epoch}/{self.cfg.schedule.epochs} (its "
+                "training is saved; a resumed run evaluates it first)"
+                if self.pending_eval
+                else f"at epoch {self.epoch + 1}/{self.cfg.schedule.epochs}, batch "
+                f"{self.batch_in_epoch}/{self.sampler.num_batches()}"
+            )
             log.warning(
-                "%s received: stopped at epoch %d/%d, batch %d/%d (step %d) and wrote %s. "
+                "%s received: stopped %s (step %d); checkpoint %s. "
                 "Continue with: tools/train.py <same overrides> output_dir=%s resume=auto",
-                signal.Signals(signum).name, self.epoch + 1, self.cfg.schedule.epochs,
-                self.batch_in_epoch, self.sampler.num_batches(), self.step, path, self.output_dir,
+                signal.Signals(signum).name, where, self.step, path, self.output_dir,
             )  # fmt: skip
         raise TrainingInterrupted(signum, path, self.epoch, self.batch_in_epoch)
 
