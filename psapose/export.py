@@ -103,8 +103,18 @@ def export_onnx(
         quiet.enter_context(redirect_stdout(io.StringIO()))
         quiet.enter_context(redirect_stderr(io.StringIO()))
         quiet.enter_context(_quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"))
-    with quiet, torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), **kwargs)
+    # The exporters trace plain operators: PSA's fast path is one custom autograd function
+    # (a hand-written backward), so the export takes the reference path, the same function
+    # of the same weights (tests/test_fast_psa.py), which ONNX runtimes fuse anyway.
+    fast = [m for m in model.modules() if getattr(m, "fast", None) is True]
+    for module in fast:
+        module.fast = False
+    try:
+        with quiet, torch.no_grad():
+            torch.onnx.export(model, (example,), str(path), **kwargs)
+    finally:
+        for module in fast:
+            module.fast = True
     onnx = _require("onnx")
     onnx.checker.check_model(str(path))
     return path

@@ -16,11 +16,13 @@ from psapose.models.attention import set_fast_psa
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ["parallel", "sequential"]
 VARIANTS = ["official", "paper"]
-# (channels, height, width): odd sizes, an odd channel count, HRNet-like maps. At least
-# 24 channels: below that the official sequential block's LayerNorm normalises one or
-# two values, whose normalised values do not depend on the input (gradient exactly zero),
-# so its float32 gradients are rounding noise in both paths.
-SHAPES = [(24, 7, 5), (33, 9, 7), (40, 5, 11), (64, 16, 12)]
+# (channels, height, width): odd sizes, an odd channel count, HRNet-like maps, and a map
+# with fewer pixels than C/2 (the official sequential block then makes y = A_ch * x, as
+# HRNet's 8x6 branch at 256 channels does). At least 24 channels: below that the official
+# sequential block's LayerNorm normalises one or two values, whose normalised values do
+# not depend on the input (gradient exactly zero), so its float32 gradients are rounding
+# noise in both paths.
+SHAPES = [(24, 7, 5), (33, 9, 7), (40, 5, 11), (64, 16, 12), (48, 3, 5)]
 
 
 def _randomised(
@@ -90,18 +92,24 @@ def test_fast_equals_reference(
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     assert out.is_contiguous(memory_format=memory_format)
+    # x's gradient comes back in x's memory format (autograd adds it to the gradients of
+    # x's other uses; mixed formats make that sum several times slower).
+    assert grads[0].is_contiguous(memory_format=memory_format)
     reference_errors = _max_error(expected_grads, truth_grads)
     fast_errors = _max_error(grads, truth_grads)
     for fast_error, reference_error in zip(fast_errors, reference_errors, strict=True):
         assert fast_error <= max(2 * reference_error, 1e-5), (fast_errors, reference_errors)
 
 
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_fast_under_bf16_autocast(layout: str, variant: str) -> None:
+def test_fast_under_bf16_autocast(layout: str, variant: str, seed: int) -> None:
     m = _randomised(32, layout, variant, seed=3)
-    x = torch.randn(2, 32, 12, 9).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 12, 9, generator=torch.Generator().manual_seed(seed))
+    x = x.contiguous(memory_format=torch.channels_last)
     exact, exact_grads = _output_and_grads(m, x, fast=False)
+    errors = {}
     for fast in (False, True):
         m.fast = fast
         m.zero_grad(set_to_none=True)
@@ -111,11 +119,59 @@ def test_fast_under_bf16_autocast(layout: str, variant: str) -> None:
         (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads = [x_bf16.grad] + [p.grad for p in m.parameters()]
         assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].dtype == torch.bfloat16
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+        assert all(g.dtype == e.dtype for g, e in zip(grads[1:], exact_grads[1:], strict=True))
         # bf16 keeps 8 significant bits: both paths stay within a few percent of fp32.
         assert (out.float() - exact).abs().max() < 0.03 * exact.abs().max()
-        for grad, exact_grad in zip(grads, exact_grads, strict=True):
-            assert grad.dtype == exact_grad.dtype or grad is grads[0]
-            assert (grad.float() - exact_grad).abs().max() < 0.1 * exact_grad.abs().max()
+        errors[fast] = _max_error(grads, exact_grads)
+    # Gradients within 10% of fp32, or as close as the reference's: bf16 rounding can
+    # flip a ReLU or a LayerNorm of the official sequential bottleneck (4 hidden units
+    # here), which moves a small gradient by more than that in both paths.
+    for fast_error, reference_error in zip(errors[True], errors[False], strict=True):
+        assert fast_error <= max(2 * reference_error, 0.1), (errors[True], errors[False])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fast_inside_a_graph(layout: str, variant: str) -> None:
+    """x used twice, on a map that is a slice (neither memory format), the output changed in
+    place afterwards, backward twice through a kept graph: float64, equal to the reference."""
+    m = _randomised(40, layout, variant, seed=5).double()
+    base = torch.randn(3, 40, 11, 9, generator=torch.Generator().manual_seed(4), dtype=torch.double)
+    results = {}
+    for fast in (False, True):
+        set_fast_psa(m, fast)
+        m.zero_grad(set_to_none=True)
+        leaf = base.clone().requires_grad_(True)
+        x = leaf[:, :, 1:-1] * 1.5
+        out = m(x[:, :, :, 1:])  # a slice: neither contiguous nor channels-last
+        assert out._base is None  # an ordinary tensor: in-place changes are allowed
+        out = out.mul_(2.0).relu_() + x[:, :, :, 1:].tanh()
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weights).sum().backward(retain_graph=True)
+        first = [leaf.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+        (out * weights.flip(0)).sum().backward()
+        results[fast] = [out.detach()] + first + [leaf.grad] + [p.grad for p in m.parameters()]
+    for fast, reference in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fast_compiles_as_one_graph(layout: str) -> None:
+    """torch.compile traces the fast path without a graph break (the ``aot_eager`` backend:
+    tracing and autograd, no code generation); the compiled block computes the same
+    outputs and gradients."""
+    m = _randomised(32, layout, "official", seed=6)
+    x = torch.randn(2, 32, 12, 9, generator=torch.Generator().manual_seed(7))
+    x = x.contiguous(memory_format=torch.channels_last)
+    eager, eager_grads = _output_and_grads(m, x, fast=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out, grads = _output_and_grads(compiled, x, fast=True)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+    for grad, expected in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_fast_is_the_default_and_switchable() -> None:
@@ -198,9 +254,10 @@ TINY += ["--repeats", "1", "--warmup", "0", "--threads", "1", "--json"]
 
 def test_benchmark_model_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     main = _benchmark_main()
-    assert main([*TINY, "--attention", "none", "psa_parallel", "--no-memory"]) == 0
+    argv = [*TINY, "--attention", "none", "psa_parallel", "--no-memory", "--psa-time"]
+    assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["benchmark"] == "model" and result["batch_size"] == 2
+    assert result["benchmark"] == "model" and result["batch_size"] == 2 and result["psa_time"]
     rows = {(r["attention"], r["psa"]): r for r in result["rows"]}
     assert set(rows) == {("none", None), ("psa_parallel", "reference"), ("psa_parallel", "fast")}
     for row in rows.values():
@@ -211,6 +268,17 @@ def test_benchmark_model_smoke(capsys: pytest.CaptureFixture[str]) -> None:
             assert row[f"{mode}_ms_median"] >= row[f"{mode}_ms_best"]
             assert row[f"{mode}_cpu_ms_best"] > 0 and row[f"{mode}_cpu_ratio"] > 0
     assert rows[("none", None)]["train_ratio"] == 1.0
+    # --psa-time: the time inside the PSA blocks, a part of the step.
+    assert "train_psa_ms_best" not in rows[("none", None)]
+    for path in ("reference", "fast"):
+        row = rows[("psa_parallel", path)]
+        assert 0 < row["train_psa_forward_ms"] and 0 < row["train_psa_backward_ms"]
+        psa = row["train_psa_forward_ms"] + row["train_psa_backward_ms"]
+        assert abs(row["train_psa_ms_best"] - psa) < 0.02
+        assert row["train_psa_ms_best"] < row["train_ms_best"]
+        assert row["train_psa_share"] > 0
+        assert 0 < row["infer_psa_forward_ms"] < row["infer_ms_best"]
+        assert row["infer_psa_backward_ms"] == 0  # no backward in inference
 
 
 def test_benchmark_model_memory(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
     python tools/benchmark.py model                                   # HRNet-W32, 256x192, batch 8
     python tools/benchmark.py model --all --repeats 5                 # every backbone at both sizes
     python tools/benchmark.py model --backbones resnet50 --input-sizes 384x288 --json
+    python tools/benchmark.py model --threads 1 --clock cpu --psa-time   # + time inside PSA
 
 For each backbone x attention x input size it measures a training step
 (forward, MSE loss against a random target, backward, Adam step) and an
@@ -15,6 +16,9 @@ Timings are interleaved: each repeat runs every configuration of a backbone
 and input size in turn, so machine load falls on all of them alike. The table
 shows the best repeat (and the median beside it); ratios are step times
 divided by ``none``'s, of the same backbone and size, in the same run.
+``--psa-time`` also times the PSA blocks inside each step (forward and
+backward) and gives that time as a share of ``none``'s step: PSA's own part of
+the ratio, steadier than the ratio on a busy machine.
 
 Peak memory: the growth over the built model (parameters, inputs) during
 the model's first step, in a fresh state: for training that is activations,
@@ -48,7 +52,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psapose.config import CONFIG_DIR, build_model, compose_config  # noqa: E402
-from psapose.models.attention import set_fast_psa  # noqa: E402
+from psapose.engine.trainer import fused_optimizer_supported  # noqa: E402
+from psapose.models.attention import PolarizedSelfAttention, set_fast_psa  # noqa: E402
 
 BACKBONES = ("hrnet_w32", "hrnet_w48", "resnet50", "resnet101", "resnet152")
 ATTENTIONS = ("none", "psa_parallel", "psa_sequential")
@@ -132,6 +137,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the JSON has both",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument(
+        "--psa-time",
+        action="store_true",
+        help="also time the PSA blocks inside each step (forward and backward, by hooks on "
+        "each block, with the --clock clock): PSA's own share of the ratio; the hooks add a "
+        "little to the steps they time",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="print each round's times to stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -186,7 +198,9 @@ class Runner:
     def __init__(self, model: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
         self.model = model
         self.device = device
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        # The trainer's optimizer: Adam, fused where torch can (CPU and CUDA).
+        fused = {"fused": True} if fused_optimizer_supported(device) else {}
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
         self.precision = args.precision
         self.compiled = torch.compile(model) if args.compile else model
         generator = torch.Generator().manual_seed(args.seed)
@@ -241,11 +255,60 @@ def _use_psa(model: nn.Module, config: Config) -> None:
         set_fast_psa(model, config.psa == "fast")
 
 
+class PSATimer:
+    """Seconds spent in a model's PSA blocks while installed (``--psa-time``).
+
+    Forward: from a block's forward pre-hook to its forward hook. Backward: from
+    the gradient of a block's output to the gradient of its input (tensor hooks);
+    the autograd engine runs a block's backward between the two, as the block's
+    input feeds nothing else in the backbones' residual blocks. On CUDA each hook
+    synchronises the device.
+    """
+
+    def __init__(self, model: nn.Module, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.forward = self.backward = 0.0
+        self.handles = []
+        for module in model.modules():
+            if isinstance(module, PolarizedSelfAttention):
+                starts: list[float] = []
+                self.handles.append(module.register_forward_pre_hook(self._pre(starts)))
+                self.handles.append(module.register_forward_hook(self._post(starts)))
+
+    def _now(self, tensor: torch.Tensor) -> float:
+        _sync(tensor.device)
+        return self.clock()
+
+    def _pre(self, starts: list[float]) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            starts.append(self._now(args[0]))
+
+        return hook
+
+    def _post(self, starts: list[float]) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            self.forward += self._now(out) - starts.pop()
+            if out.requires_grad and args[0].requires_grad:
+                backward_start: list[float] = []
+                out.register_hook(lambda grad: backward_start.append(self._now(grad)))
+                args[0].register_hook(lambda grad: self._backward_done(grad, backward_start))
+
+        return hook
+
+    def _backward_done(self, grad: torch.Tensor, backward_start: list[float]) -> None:
+        self.backward += self._now(grad) - backward_start.pop()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def time_group(
     group: list[Config], runners: dict[Config, Runner], args: argparse.Namespace, mode: str
-) -> dict[str, dict[Config, list[float]]]:
+) -> dict[str, dict[Config, list]]:
     """Seconds per step of each configuration, per round, interleaved round-robin,
-    by clock: ``wall`` (elapsed) and ``cpu`` (this process's CPU time, all threads)."""
+    by clock: ``wall`` (elapsed) and ``cpu`` (this process's CPU time, all threads);
+    with ``--psa-time`` also ``psa``: (forward, backward) seconds in PSA blocks per step."""
     device = next(iter(runners.values())).device
 
     def step(config: Config) -> Callable[[], None]:
@@ -259,12 +322,15 @@ def time_group(
             step(config)()
     times: dict[Config, list[float]] = {c: [] for c in group}
     cpu_times: dict[Config, list[float]] = {c: [] for c in group}
+    psa_times: dict[Config, list[tuple[float, float]]] = {c: [] for c in group if c.psa}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for round_index in range(args.repeats):
         # Rotate the order too, so no configuration always follows the same one.
         order = group[round_index % len(group) :] + group[: round_index % len(group)]
         for config in order:
             _use_psa(runners[config].model, config)
             fn = step(config)
+            timer = PSATimer(runners[config].model, clock) if args.psa_time and config.psa else None
             _sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
@@ -272,6 +338,9 @@ def time_group(
             _sync(device)
             times[config].append((time.perf_counter() - start) / args.steps)
             cpu_times[config].append((time.process_time() - cpu_start) / args.steps)
+            if timer is not None:
+                timer.remove()
+                psa_times[config].append((timer.forward / args.steps, timer.backward / args.steps))
         if args.progress:
             done = ", ".join(f"{c.label} {times[c][-1] * 1e3:.0f} ms" for c in group)
             print(
@@ -280,6 +349,8 @@ def time_group(
                 file=sys.stderr,
                 flush=True,
             )
+    if args.psa_time:
+        return {"wall": times, "cpu": cpu_times, "psa": psa_times}
     return {"wall": times, "cpu": cpu_times}
 
 
@@ -396,6 +467,8 @@ def _threads(count: int | None) -> Iterator[None]:
 
 def bench_model(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
+    if args.psa_time and args.compile:
+        raise SystemExit("--psa-time hooks every PSA block: it cannot time a compiled model")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
@@ -421,7 +494,21 @@ def bench_model(args: argparse.Namespace) -> dict:
                 }
                 baseline = [c for c in group if c.attention == "none"]
                 for mode, by_clock in timings.items():
+                    psa_times = by_clock.get("psa", {}).get(config)
+                    if psa_times:
+                        # The round with the least PSA time, and its split.
+                        forward, backward = min(psa_times, key=sum)
+                        row[f"{mode}_psa_ms_best"] = round((forward + backward) * 1e3, 2)
+                        row[f"{mode}_psa_forward_ms"] = round(forward * 1e3, 2)
+                        row[f"{mode}_psa_backward_ms"] = round(backward * 1e3, 2)
+                        median = statistics.median(f + b for f, b in psa_times)
+                        row[f"{mode}_psa_ms_median"] = round(median * 1e3, 2)
+                        if baseline:  # PSA's own part of the ratio
+                            base = min(by_clock[args.clock][baseline[0]])
+                            row[f"{mode}_psa_share"] = round((forward + backward) / base, 3)
                     for clock, times in by_clock.items():
+                        if clock == "psa":
+                            continue
                         # The chosen clock's figures carry plain names, the other's its name.
                         prefix = mode if clock == args.clock else f"{mode}_{clock}"
                         best, median = min(times[config]), statistics.median(times[config])
@@ -444,6 +531,7 @@ def bench_model(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "channels_last": args.channels_last,
         "compile": args.compile,
+        "psa_time": args.psa_time,
         "variant": args.variant,
         "repeats": args.repeats,
         "steps": args.steps,
@@ -481,8 +569,11 @@ def print_model(result: dict) -> None:
         f"best of {result['repeats']} interleaved rounds (median in brackets)"
     )
     header = f"{'backbone':<10} {'input':<8} {'attention':<28}"
+    psa_modes = [m for m in modes if any(f"{m}_psa_ms_best" in r for r in result["rows"])]
     for mode in modes:
         header += f" {mode + ' img/s':>11} {mode + ' ratio':>20}"
+        if mode in psa_modes:
+            header += f" {mode + ' PSA ms (share)':>24}"
     if result["memory"]:
         header += "  peak MiB (train / infer)"
     print(header)
@@ -493,6 +584,13 @@ def print_model(result: dict) -> None:
             ratio = r.get(f"{mode}_ratio")
             ratio_text = f"{ratio:.3f} ({r[f'{mode}_ratio_median']:.3f})" if ratio else "-"
             line += f" {r[f'{mode}_images_per_s']:>11.2f} {ratio_text:>20}"
+            if mode in psa_modes:
+                psa = r.get(f"{mode}_psa_ms_best")
+                share = r.get(f"{mode}_psa_share")
+                psa_text = (
+                    "-" if psa is None else f"{psa:.0f}" + (f" ({share:.3f})" if share else "")
+                )
+                line += f" {psa_text:>24}"
         if result["memory"]:
             line += f"  {r.get('train_peak_mib', '-')} / {r.get('infer_peak_mib', '-')}"
         print(line)
@@ -500,6 +598,12 @@ def print_model(result: dict) -> None:
         f"ratio: step time / attention none's, same backbone and size; goal <= {result['goal_ratio']} "
         f"for training. Peak memory: {result['memory'] or 'not measured'}."
     )
+    if psa_modes:
+        print(
+            "PSA ms: time inside the PSA blocks per step, forward and backward (best round); "
+            "share: that time / none's step time, PSA's own part of the ratio (the rest is "
+            "the optimizer's extra parameters and PSA's effect on the other layers)."
+        )
     print(
         f"load average {result['load_average_before']} before, {result['load_average_after']} after; "
         f"{result['elapsed_s']} s"

@@ -358,7 +358,11 @@ def measure_step(spec: dict) -> dict[str, Any]:
     joint_weights = torch.from_numpy(load_keypoint_spec("coco").joint_weights_array)
     loss_fn = build_loss(1, joint_weights).to(device)
     images, targets, weights = _resident_batch(spec["batch"], spec["input_size"], device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # the trainer's default
+    # The trainer's default: Adam, fused where torch can.
+    from psapose.engine.trainer import fused_optimizer_supported
+
+    fused = {"fused": True} if fused_optimizer_supported(device) else {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
     backend = spec.get("compile_backend")
     forward = torch.compile(model, backend=backend) if backend else model
     precision = spec["precision"]

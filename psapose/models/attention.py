@@ -15,13 +15,14 @@ Blocks:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import fast_psa
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -90,9 +91,10 @@ class PolarizedSelfAttention(nn.Module):
     (``fast=True``, the default) or the reference path (``fast=False``,
     :meth:`forward_reference`: the official code's operations one for one).
     The fast path uses the same parameters, reassociated so that no ``C -> C/2``
-    convolution runs over every pixel where linearity allows it (see
-    :meth:`forward_fast`); it equals the reference up to float rounding
-    (``tests/test_fast_psa.py`` checks outputs and gradients to 1e-5).
+    convolution runs over every pixel where linearity allows it, and runs as one
+    autograd function with a hand-written backward (see :meth:`forward_fast`); it
+    equals the reference up to float rounding (``tests/test_fast_psa.py``: outputs
+    to 1e-5 in float32, outputs and every gradient to 1e-10 in float64).
     """
 
     def __init__(
@@ -190,252 +192,50 @@ class PolarizedSelfAttention(nn.Module):
           (``W_v`` is linear and bias-free, the softmax weights sum to one): one
           weighted sum of ``x`` over the pixels, then a ``C/2 x C`` matrix-vector
           product per sample, instead of a ``C -> C/2`` convolution over every pixel;
-        * spatial query: ``GAP(W_q' x) = W_q' GAP(x)``;
+          ``W_z`` (``conv_up``, with its LayerNorm and ReLU where the variant has
+          them) acts on a ``[N, C/2]`` vector, as ``F.linear``/``F.layer_norm`` on
+          the same parameters instead of 1x1 convolutions on ``1 x 1`` maps;
+        * spatial query: ``GAP(W_q' x) = W_q' GAP(x)``; in the sequential layout
+          ``GAP(y) = A_ch * GAP(x)``, as ``A_ch`` is constant over the pixels;
         * spatial logits (``paper``, official parallel):
           ``q^T (W_v' x) = (W_v'^T q)^T x``: a per-sample ``C``-vector dotted with
-          ``x`` at every pixel instead of a ``C -> C/2`` convolution. In the
-          parallel layout it is stacked with ``W_q`` into one ``[2, C] x [C, HW]``
-          product. The official sequential block applies a softmax over the
-          pixels to each channel of ``W_v' y`` before the product, so it keeps
-          that projection (as one matrix product);
-        * parallel output: ``x a_ch + x a_sp = x (a_ch + a_sp)``.
+          ``x`` at every pixel instead of a ``C -> C/2`` convolution. The official
+          sequential block applies a softmax over the pixels to each channel of
+          ``W_v' y`` before the product, so it keeps that projection, as
+          ``(W_v' diag(A_ch)) x``: ``y = A_ch * x`` is never made;
+        * output: ``x a_sp + x a_ch`` or ``(x a_ch) a_sp``, in the reference's order
+          of products; no full-size tensor but ``x`` is saved for the backward.
 
-        Every product reads ``x`` as a ``[N, HW, C]`` view and gives its gradient
-        back in ``x``'s memory format (see :class:`_PixelMatrix`); the products
-        whose autograd backward is slow on the CPU have their own
-        (:class:`_PixelProjection`, :class:`_PixelWeightedSum`,
-        :class:`_SoftmaxPixelsMix`).
+        The whole block is one autograd function (:mod:`psapose.models.fast_psa`)
+        whose backward is written out: it reads ``x`` as few times as the algebra
+        allows, makes ``x``'s gradient in one new tensor and adds every term but
+        the output's to it in place as one low-rank matrix product, and runs as
+        one autograd node (the same algebra left to autograd ran 40 to 50). The
+        parameters (and so the state dict) are the module's own.
         """
-        n, c, h, w = x.shape
-        pixels = _PixelMatrix(x)
-        if self.layout == "parallel":
-            query_left = F.linear(pixels.mean(), _matrix(self.conv_q_left))  # [N, C/2]
-            if self.variant == "paper":
-                query_left = query_left.softmax(dim=1)
-            # [N, C]: the spatial branch's query pulled through W_v'.
-            spatial_vector = torch.matmul(query_left, _matrix(self.conv_v_left))
-            # Both per-pixel projections of x in one product: [N, 2, C] x [N, C, HW].
-            projections = torch.cat(
-                (_matrix(self.conv_q_right).expand(n, 1, c), spatial_vector.unsqueeze(1)), dim=1
-            )
-            logits = pixels.project(projections)  # [N, 2, HW]
-            a_ch = self._fast_channel_weights(pixels, logits[:, 0])
-            spatial_logits = logits[:, 1]
-            if self.variant == "official":
-                spatial_logits = spatial_logits.softmax(dim=1)
-            return _scale_by_sum(x, a_ch.view(n, c), torch.sigmoid(spatial_logits).view(n, h, w))
-        channel_logits = pixels.project(_matrix(self.conv_q_right).expand(n, 1, c))[:, 0]
-        # The channel branch's weighted sum and GAP(x) in one product; then
-        # GAP(y) = A_ch * GAP(x), as A_ch is constant over the pixels.
-        uniform = torch.full_like(channel_logits, 1.0 / (h * w))
-        sums = pixels.weighted_sums(torch.stack((channel_logits.softmax(dim=1), uniform), dim=1))
-        a_ch = self._channel_weights_from_pooled(sums[:, 0])
-        y = x * a_ch
-        y_pixels = _PixelMatrix(y)
-        query_left = F.linear(a_ch.view(n, c) * sums[:, 1], _matrix(self.conv_q_left))  # [N, C/2]
-        if self.variant == "paper":
-            spatial_vector = torch.matmul(query_left.softmax(dim=1), _matrix(self.conv_v_left))
-            spatial_logits = y_pixels.project(spatial_vector.unsqueeze(1))[:, 0]  # [N, HW]
-        else:
-            # The softmax over pixels acts on each channel of W_v' y, so the value
-            # projection stays; the query side still comes from GAP(y).
-            values = y_pixels.project_all(_matrix(self.conv_v_left)).transpose(1, 2)
-            spatial_logits = _SoftmaxPixelsMix.apply(values, query_left)  # [N, HW]
-        return y * torch.sigmoid(spatial_logits).view(n, 1, h, w)
-
-    def _fast_channel_weights(self, pixels: _PixelMatrix, logits: torch.Tensor) -> torch.Tensor:
-        """``A_ch`` ([N, C, 1, 1]) from ``x`` and its logits ``W_q x`` ([N, HW])."""
-        pooled = pixels.weighted_sums(logits.softmax(dim=1).unsqueeze(1))[:, 0]  # [N, C]
-        return self._channel_weights_from_pooled(pooled)
-
-    def _channel_weights_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``A_ch`` ([N, C, 1, 1]) from ``x softmax(W_q x)^T`` ([N, C])."""
-        context = F.linear(pooled, _matrix(self.conv_v_right))  # [N, C/2]
-        return torch.sigmoid(self.conv_up(context[:, :, None, None]))
+        up = self.conv_up
+        if isinstance(up, nn.Conv2d):  # official parallel
+            up_params, eps = (up.weight,), 0.0
+        elif self.variant == "paper":  # Conv, LayerNorm
+            up_params, eps = (up[0].weight, up[1].weight, up[1].bias), up[1].eps
+        else:  # the official sequential bottleneck: Conv, LayerNorm, ReLU, Conv
+            conv_in, norm, _, conv_out = up
+            up_params = (conv_in.weight, conv_in.bias, norm.weight, norm.bias)
+            up_params, eps = (*up_params, conv_out.weight, conv_out.bias), norm.eps
+        return fast_psa.psa(
+            x,
+            self.layout,
+            self.variant == "paper",
+            self.conv_q_right.weight,
+            self.conv_v_right.weight,
+            self.conv_q_left.weight,
+            self.conv_v_left.weight,
+            up_params,
+            eps,
+        )
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, layout={self.layout}, variant={self.variant}, fast={self.fast}"
-
-
-def _scale_by_sum(x: torch.Tensor, channel: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
-    """``x * (channel[:, :, None, None] + spatial[:, None])`` in ``x``'s memory format.
-
-    The broadcast sum of a ``[N, C, 1, 1]`` and a ``[N, 1, H, W]`` tensor comes
-    out contiguous whatever ``x`` is, and multiplying a channels-last ``x`` by a
-    contiguous tensor is about 10x slower than either alone on the CPU. For a
-    channels-last ``x`` the sum is therefore made in the ``[N, H, W, C]`` view,
-    where both layouts agree, without a copy.
-    """
-    n, c, h, w = x.shape
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return x * (channel.view(n, c, 1, 1) + spatial.view(n, 1, h, w))
-    x_nhwc = x.permute(0, 2, 3, 1)  # contiguous [N, H, W, C]
-    out = x_nhwc * (channel.view(n, 1, 1, c) + spatial.view(n, h, w, 1))
-    return out.permute(0, 3, 1, 2)
-
-
-class _PixelMatrix:
-    """A feature map ``[N, C, H, W]`` as a per-sample ``[N, HW, C]`` matrix of pixels.
-
-    It is a view in either memory format (contiguous ``[N, HW, C]`` for a
-    channels-last map, transposed for a contiguous one). The products below
-    return their gradients with respect to the map in that same layout, because
-    autograd adds every gradient that reaches ``x`` together and a sum of a
-    channels-last and a contiguous tensor is several times slower than either.
-    """
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.matrix = x.permute(0, 2, 3, 1).flatten(1, 2)
-
-    def mean(self) -> torch.Tensor:
-        """The mean over pixels, ``[N, C]``."""
-        return self.matrix.mean(dim=1)
-
-    def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``vectors @ x`` for per-sample ``vectors`` ``[N, K, C]``: ``[N, K, HW]``."""
-        return _PixelProjection.apply(self.matrix, vectors)
-
-    def project_all(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight @ x`` for one ``[K, C]`` matrix shared by all samples: ``[N, K, HW]``."""
-        if _pixels_contiguous(self.matrix):
-            return F.linear(self.matrix, weight).transpose(1, 2)
-        return torch.matmul(weight, self.matrix.transpose(1, 2))
-
-    def weighted_sums(self, weights: torch.Tensor) -> torch.Tensor:
-        """``weights @ x`` for per-sample pixel weights ``[N, K, HW]``: ``[N, K, C]``."""
-        return _PixelWeightedSum.apply(self.matrix, weights)
-
-
-def _pixels_contiguous(matrix: torch.Tensor) -> bool:
-    """Whether an ``[N, HW, C]`` pixel matrix has its channels contiguous (channels-last)."""
-    return matrix.stride(2) == 1
-
-
-class _PixelProjection(torch.autograd.Function):
-    """``vectors @ matrix^T``: ``[N, K, C]`` x ``[N, HW, C]`` -> ``[N, K, HW]``, for small K.
-
-    Autograd's own backward of this product reduces over the pixels as
-    ``matrix^T @ grad`` (``[C, HW] x [HW, K]``), a thin product that CPU BLAS
-    runs about 10x slower than the same numbers as ``grad @ matrix``
-    (``[K, HW] x [HW, C]``); and it returns the matrix's gradient contiguous
-    whatever the map's layout.
-    """
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        ctx.autocast = _autocast_state(matrix.device.type)
-        ctx.save_for_backward(matrix, vectors)
-        return torch.matmul(vectors, matrix.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        with _autocast_as_in_forward(ctx.autocast):
-            matrix, vectors = ctx.saved_tensors
-            grad_matrix = grad_vectors = None
-            if ctx.needs_input_grad[0]:
-                if _pixels_contiguous(matrix):
-                    grad_matrix = torch.matmul(grad.transpose(1, 2), vectors)  # [N, HW, C]
-                else:
-                    grad_matrix = torch.matmul(vectors.transpose(1, 2), grad).transpose(1, 2)
-            if ctx.needs_input_grad[1]:
-                grad_vectors = torch.matmul(grad, matrix)  # [N, K, HW] x [N, HW, C]
-            return grad_matrix, grad_vectors
-
-
-class _PixelWeightedSum(torch.autograd.Function):
-    """``weights @ matrix``: ``[N, K, HW]`` x ``[N, HW, C]`` -> ``[N, K, C]``, for small K.
-
-    The backward makes the matrix's gradient in the matrix's layout (for K = 1,
-    an outer product, by broadcasting instead of a rank-1 matrix product), and
-    the weights' gradient as ``grad @ matrix^T``, the fast orientation on the CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        ctx.autocast = _autocast_state(matrix.device.type)
-        ctx.save_for_backward(matrix, weights)
-        return torch.matmul(weights, matrix)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        with _autocast_as_in_forward(ctx.autocast):
-            matrix, weights = ctx.saved_tensors
-            grad_matrix = grad_weights = None
-            if ctx.needs_input_grad[0]:
-                channels_last = _pixels_contiguous(matrix)
-                if weights.shape[1] == 1 and channels_last:
-                    grad_matrix = weights.transpose(1, 2) * grad  # [N, HW, 1] * [N, 1, C]
-                elif weights.shape[1] == 1:
-                    grad_matrix = (grad.transpose(1, 2) * weights).transpose(1, 2)
-                elif channels_last:
-                    grad_matrix = torch.matmul(weights.transpose(1, 2), grad)  # [N, HW, C]
-                else:
-                    grad_matrix = torch.matmul(grad.transpose(1, 2), weights).transpose(1, 2)
-            if ctx.needs_input_grad[1]:
-                grad_weights = torch.matmul(grad, matrix.transpose(1, 2))  # [N, K, HW]
-            return grad_matrix, grad_weights
-
-
-class _SoftmaxPixelsMix(torch.autograd.Function):
-    """``sum_k query_k softmax_HW(values_k)``: ``[N, HW, K]``, ``[N, K]`` -> ``[N, HW]``.
-
-    The official sequential block's spatial logits. The backward is written out
-    (with ``s`` the softmax and ``g`` the incoming gradient:
-    ``dquery = s^T g``, ``dvalues = s * query * (g - dquery)``), which replaces a
-    rank-1 matrix product, a thin reduction and a softmax backward by one
-    broadcast, two in-place products and one fast-orientation product.
-    """
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        ctx.autocast = _autocast_state(values.device.type)
-        weights = values.softmax(dim=1)  # over the pixels, per channel
-        ctx.save_for_backward(weights, query)
-        return torch.matmul(query.unsqueeze(1), weights.transpose(1, 2)).squeeze(1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        with _autocast_as_in_forward(ctx.autocast):
-            weights, query = ctx.saved_tensors
-            grad_query = torch.matmul(grad.unsqueeze(1), weights).squeeze(1)  # [N, K]
-            grad_values = None
-            if ctx.needs_input_grad[0]:
-                dtype = torch.promote_types(
-                    torch.promote_types(grad.dtype, grad_query.dtype),
-                    torch.promote_types(weights.dtype, query.dtype),
-                )
-                # In place on a fresh tensor: the out-of-place chain of three
-                # broadcasts runs about 20x slower on the CPU.
-                grad_values = (grad.unsqueeze(2) - grad_query.unsqueeze(1)).to(dtype)
-                grad_values.mul_(weights).mul_(query.unsqueeze(1))  # [N, HW, K]
-            return grad_values, grad_query if ctx.needs_input_grad[1] else None
-
-
-def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype | None]:
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # a device without autocast (meta, used for FLOP counting)
-        return device_type, False, None
-    return device_type, enabled, torch.get_autocast_dtype(device_type) if enabled else None
-
-
-def _autocast_as_in_forward(
-    state: tuple[str, bool, torch.dtype | None],
-) -> contextlib.AbstractContextManager:
-    """The forward's autocast state for a custom backward (as ``torch.amp.custom_bwd``
-    does, for whichever device the tensors are on): its products then see the
-    same dtypes as the forward's under bf16 autocast."""
-    device_type, enabled, dtype = state
-    if not enabled:
-        if device_type in ("cpu", "cuda"):  # a backward may run inside an outer autocast
-            return torch.autocast(device_type, enabled=False)
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype, enabled=True)
-
-
-def _matrix(conv: nn.Conv2d) -> torch.Tensor:
-    """A bias-free 1x1 convolution's weight as an ``[out, in]`` matrix (a view)."""
-    return conv.weight.view(conv.out_channels, conv.in_channels)
 
 
 def set_fast_psa(model: nn.Module, fast: bool) -> int:
