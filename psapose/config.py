@@ -282,6 +282,7 @@ class _Data:
     max_bad_fraction: float = 0.01  # unreadable training samples tolerated, as a fraction
     metric: str = "AP"  # the evaluation number that picks best.pth for this data
     required: list[str] = field(default_factory=list)  # data keys that must be set (custom)
+    layouts: Optional[dict[str, Any]] = None  # noqa: UP045 (known file layouts; see data/custom.yaml)
 
 
 @dataclass

@@ -95,3 +95,69 @@ def test_run_overrides_on_top_and_a_warning_when_the_model_changes(tmp_path):
 def test_custom_data_names_its_missing_keys(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config(overrides))
+
+
+def _coco_layout_set(root: Path) -> None:
+    """Three images per split laid out like COCO itself (person_keypoints_*2017.json)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / "images" / split).mkdir(parents=True)
+        images, anns = [], []
+        for i in range(3):
+            cv2.imwrite(
+                str(root / f"images/{split}/{i}.jpg"), rng.integers(0, 255, (60, 80, 3), np.uint8)
+            )
+            images.append({"id": i, "file_name": f"{i}.jpg", "width": 80, "height": 60})
+            kps = np.c_[rng.uniform(10, 70, 5), rng.uniform(10, 50, 5), np.full(5, 2)]
+            anns.append({"id": i + 1, "image_id": i, "category_id": 1, "iscrowd": 0, "area": 900.0,
+                         "bbox": [5, 5, 60, 45], "keypoints": kps.ravel().tolist(),
+                         "num_keypoints": 5})  # fmt: skip
+        cats = [{"id": 1, "name": "mouse", "keypoints": list("abcde"), "skeleton": []}]
+        (root / f"annotations/person_keypoints_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
+    (root / "keypoints.yaml").write_text("name: mouse\nkeypoints: [a, b, c, d, e]\n")
+
+
+def test_custom_data_finds_a_coco_layout_and_keeps_paths_the_user_set(tmp_path, caplog):
+    from psapose.data.builder import build_dataset, split_path
+    from psapose.data.coco import AnnotationFileNotFound
+
+    _coco_layout_set(tmp_path)
+    cfg = compose_config(["data=custom", f"data.root={tmp_path}"])
+    with caplog.at_level("INFO"):
+        train = build_dataset(cfg.data, "train", (64, 48))
+        val = build_dataset(cfg.data, "val", (64, 48))
+    assert len(train) == 3 and len(val) == 3
+    assert (
+        split_path(cfg.data, "val", "ann_file")
+        == tmp_path / "annotations/person_keypoints_val2017.json"
+    )
+    assert split_path(cfg.data, "val", "image_dir") == tmp_path / "images/val2017"
+    assert "using the coco layout" in caplog.text
+    # The converter's layout wins where both are present (it is the first one).
+    (tmp_path / "annotations/train.json").write_text(
+        (tmp_path / "annotations/person_keypoints_val2017.json").read_text()
+    )
+    assert split_path(cfg.data, "train", "ann_file") == tmp_path / "annotations/train.json"
+    assert split_path(cfg.data, "train", "image_dir") == tmp_path / "images"
+    # A path the user set is not swapped for a guess: it is reported missing, with what was tried.
+    mine = compose_config(
+        ["data=custom", f"data.root={tmp_path}", "data.val.ann_file=labels/val.json"]
+    )
+    with pytest.raises(AnnotationFileNotFound, match=r"labels/val\.json: file not found"):
+        build_dataset(mine.data, "val", (64, 48))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = compose_config(
+        ["data=custom", f"data.root={empty}", f"data.keypoints={tmp_path / 'keypoints.yaml'}"]
+    )
+    with pytest.raises(
+        AnnotationFileNotFound,
+        match=r"person_keypoints_train2017\.json.*train\.json|train\.json.*person_keypoints_train2017\.json",
+    ):
+        build_dataset(nothing.data, "train", (64, 48))

@@ -6,6 +6,7 @@ train), not asserted here."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import torch
 
 from psapose.threads import (
     ThreadPolicy,
+    _children,
+    _LoadSampler,
     busy_cores_of_others,
     cgroup_quota,
     resolve_workers,
@@ -75,10 +78,17 @@ def test_a_busy_process_is_measured_and_leaves_this_one_fewer_threads(monkeypatc
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cpus = sorted(os.sched_getaffinity(0))
     threads = torch.get_num_threads()
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # A stranger, not our child: a child's ticks count as our own workers' (they are
+    # measured apart), so the busy loop is started by a shell that exits at once.
+    launcher = subprocess.run(
+        ["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    busy = int(launcher.stdout.split()[0])
     try:
+        assert busy not in _children(os.getpid())
         if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(busy.pid, {cpus[0]})
+            os.sched_setaffinity(busy, {cpus[0]})
         time.sleep(0.3)
         others = busy_cores_of_others(1.0)
         assert others is not None and others >= 0.6, others  # it keeps about one core busy
@@ -86,9 +96,22 @@ def test_a_busy_process_is_measured_and_leaves_this_one_fewer_threads(monkeypatc
         chosen = policy.start("test")
         assert chosen == torch.get_num_threads() <= max(1, len(cpus) - 1)
     finally:
-        busy.kill()
-        busy.wait()
+        os.kill(busy, signal.SIGKILL)
         torch.set_num_threads(threads)
+
+
+@needs_proc
+def test_our_own_children_are_measured_as_workers_not_as_strangers():
+    sampler = _LoadSampler(set(os.sched_getaffinity(0)))
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        others = sampler.sample()
+        assert others is not None
+        assert sampler.workers >= 0.5, sampler.workers  # the child: about one core
+    finally:
+        child.kill()
+        child.wait()
 
 
 class _FixedLoad:

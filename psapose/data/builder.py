@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from psapose.config import ConfigError
 from psapose.data.coco import (
     AnnotationError,
+    AnnotationFileNotFound,
     Instances,
     TopDownDataset,
     load_coco_annotations,
@@ -31,6 +33,9 @@ __all__ = [
 
 SPLITS = ("train", "val", "test-dev")
 
+_log = logging.getLogger(__name__)
+_reported_layouts: set[tuple[str, str, str]] = set()
+
 
 def _node_name(split: str) -> str:
     if split not in SPLITS:
@@ -38,13 +43,60 @@ def _node_name(split: str) -> str:
     return split.replace("-", "_")
 
 
-def split_path(data_cfg: DictConfig, split: str, key: str) -> Path | None:
-    """``data.<split>.<key>`` as a path, relative paths taken from ``data.root``."""
-    value = OmegaConf.select(data_cfg, f"{_node_name(split)}.{key}")
-    if value in (None, ""):
-        return None
+def _under_root(data_cfg: DictConfig, value: Any) -> Path:
     path = Path(str(value)).expanduser()
     return path if path.is_absolute() else Path(str(data_cfg.root)).expanduser() / path
+
+
+def _layout_paths(data_cfg: DictConfig, node: str) -> dict[str, Any]:
+    """``ann_file`` and ``image_dir`` of a split, after ``data.layouts``.
+
+    Only paths left at one of the known layouts move, and only when their annotation
+    file is absent and another layout's is present: a path the user set is kept (and
+    reported missing) rather than swapped for a guess.
+    """
+    configured = {
+        key: OmegaConf.select(data_cfg, f"{node}.{key}") for key in ("ann_file", "image_dir")
+    }
+    layouts = OmegaConf.select(data_cfg, "layouts")
+    if not layouts or configured["ann_file"] in (None, ""):
+        return configured
+    known = {
+        name: {key: OmegaConf.select(layout, f"{node}.{key}") for key in configured}
+        for name, layout in layouts.items()
+    }
+    if configured not in known.values() or _under_root(data_cfg, configured["ann_file"]).is_file():
+        return configured
+    for name, paths in known.items():
+        if paths["ann_file"] and _under_root(data_cfg, paths["ann_file"]).is_file():
+            report = (str(data_cfg.root), node, name)
+            if report not in _reported_layouts:
+                _reported_layouts.add(report)
+                _log.info(
+                    "data.%s: %s is absent; using the %s layout (%s, %s)",
+                    node,
+                    configured["ann_file"],
+                    name,
+                    paths["ann_file"],
+                    paths["image_dir"],
+                )
+            return paths
+    return configured
+
+
+def split_path(data_cfg: DictConfig, split: str, key: str) -> Path | None:
+    """``data.<split>.<key>`` as a path, relative paths taken from ``data.root``.
+
+    ``ann_file`` and ``image_dir`` follow ``data.layouts`` where the config has them.
+    """
+    node = _node_name(split)
+    if key in ("ann_file", "image_dir"):
+        value = _layout_paths(data_cfg, node)[key]
+    else:
+        value = OmegaConf.select(data_cfg, f"{node}.{key}")
+    if value in (None, ""):
+        return None
+    return _under_root(data_cfg, value)
 
 
 def build_keypoint_spec(data_cfg: DictConfig) -> KeypointSpec:
@@ -69,6 +121,16 @@ def load_split(
     image_dir = split_path(data_cfg, split, "image_dir")
     if ann_file is None or image_dir is None:
         raise ConfigError(f"data.{node}.ann_file and data.{node}.image_dir must be set")
+    layouts = OmegaConf.select(data_cfg, "layouts")
+    if layouts and not ann_file.is_file():
+        tried = sorted(
+            {str(OmegaConf.select(layout, f"{node}.ann_file")) for layout in layouts.values()}
+            | {str(OmegaConf.select(data_cfg, f"{node}.ann_file"))}
+        )
+        raise AnnotationFileNotFound(
+            f"{ann_file}: file not found (data.{node}.ann_file; looked under "
+            f"{data_cfg.root} for {', '.join(tried)})"
+        )
     padding = float(data_cfg.box_padding)
     category = data_cfg.get("category_id")
     use_gt = split == "train" or bool(
