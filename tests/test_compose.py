@@ -66,6 +66,7 @@ def test_dry_run_checks_every_preset_without_training(experiment, tmp_path):
     assert not list(tmp_path.iterdir()), "a dry run writes nothing"
 
 
+@pytest.mark.skipif(not COCO_MINI.is_dir(), reason=f"shared COCO subset not found at {COCO_MINI}")
 def test_dry_run_through_the_tools_exits_0_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(

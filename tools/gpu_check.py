@@ -666,7 +666,7 @@ def part_loop(cfg: dict, out: _PartResult) -> None:
         loop_images_per_s=round(loop, 1), loop_steps=n,
         loop_data_wait_fraction=round(wait / elapsed, 3),
         loop_to_step_ratio=round(ratio, 3), limit=limit,
-        workers_needed_for_step=round(step_alone / per_worker, 1),
+        workers_needed_for_step=float(f"{step_alone / per_worker:.3g}"),
     )  # fmt: skip
     del batches, loader
 
