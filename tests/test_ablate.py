@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from psapose.ablation import (
+    DEFAULT_SCHEDULE,
     DONE_FILE,
     LOG_FILE,
     AblationError,
@@ -63,9 +64,16 @@ def test_sweeps_give_the_cross_product_in_the_order_written():
 def test_defaults_seeds_range_glob_and_quoting():
     plan = plan_ablation([])
     assert [v.overrides for v in plan.variants] == [
-        ("experiment=quickstart", f"attention={a}")
+        ("experiment=quickstart", *DEFAULT_SCHEDULE, f"attention={a}")
         for a in ("none", "psa_parallel", "psa_sequential")
     ]
+    # A schedule key of the user's keeps the preset's schedule, plus theirs.
+    plan = plan_ablation(["schedule.epochs=30", "attention=none,se"])
+    assert plan.variants[0].overrides == (
+        "experiment=quickstart",
+        "schedule.epochs=30",
+        "attention=none",
+    )
     plan = plan_ablation(["experiment=hrnet_w32_psa_p_256x192", "seed=4", "schedule.lr=range(1,3)"],
                          seeds=3)  # fmt: skip
     assert plan.seeds == [4, 5, 6]
@@ -238,7 +246,7 @@ def test_sigint_is_passed_on_to_the_training_and_stops_the_ablation(tmp_path):
     assert stopped.value.exit_code == 130
     assert (specs[0].run_dir / "signal.txt").read_text() == str(int(signal.SIGINT))
     argv = json.loads(argv_file.read_text())
-    assert argv[:3] == ["experiment=quickstart", "attention=none", "seed=0"]
+    assert argv[:5] == ["experiment=quickstart", *DEFAULT_SCHEDULE, "attention=none", "seed=0"]
     assert f"output_dir={specs[0].run_dir}" in argv and "resume=auto" in argv
     assert not (specs[0].run_dir / DONE_FILE).exists() and not specs[1].run_dir.exists()
     assert "the next run of this command resumes it" in lines[-1]

@@ -14,13 +14,12 @@ seed (``seed=S`` sets the first seed; ``--seeds N`` trains seeds S..S+N-1) in it
 ``OUT/<NN>-<values>/seed<S>/``, and evaluated by the run's final evaluation.
 
 Without ``experiment=`` the quick-start preset is used (``experiment=quickstart``: the
-synthetic data, the small HRNet at 128x96, 46 epochs), and without a sweep the three
-attention layouts are compared. Estimated at about 13 minutes on 2 quiet cores: the quick
-start's 5.5 s per epoch for psa_parallel (docs/benchmarks.md), about 4.7 s for none and
-5.8 s for psa_sequential (their measured step-time ratios), and ~12 s of start-up and
-evaluation per run. The psa_parallel run has the quick start's config. ``--seeds 3`` triples
-the time; ``--seeds 3 schedule.epochs=15 schedule.milestones=[12,14]`` fits the seeded
-comparison in about the same 14 minutes.
+synthetic data, the small HRNet at 128x96) on a 15-epoch schedule
+(``schedule.epochs=15 schedule.milestones=[12,14]``; setting either key keeps the preset's
+46 epochs instead), and without a sweep the three attention layouts are compared.
+Measured on 2 quiet cores (docs/ablation.md): about 5 minutes per run, so 15 minutes for
+the default and 30 for ``--seeds 2``; on the faster machine of the November benchmarks,
+about a third of that.
 
 Out (``--out``, default ``runs/ablation-<hash of the overrides>``, so the same command
 finds its folder again): ``report.md``, ``report.json`` (one row per variant: the swept
