@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from psapose.models.attention import reference_psa
+
 __all__ = [
     "OnnxUnavailable",
     "calibrate_batchnorm",
@@ -106,15 +108,8 @@ def export_onnx(
     # The exporters trace plain operators: PSA's fast path is one custom autograd function
     # (a hand-written backward), so the export takes the reference path, the same function
     # of the same weights (tests/test_fast_psa.py), which ONNX runtimes fuse anyway.
-    fast = [m for m in model.modules() if getattr(m, "fast", None) is True]
-    for module in fast:
-        module.fast = False
-    try:
-        with quiet, torch.no_grad():
-            torch.onnx.export(model, (example,), str(path), **kwargs)
-    finally:
-        for module in fast:
-            module.fast = True
+    with quiet, reference_psa(model), torch.no_grad():
+        torch.onnx.export(model, (example,), str(path), **kwargs)
     onnx = _require("onnx")
     onnx.checker.check_model(str(path))
     return path

@@ -11,7 +11,7 @@ import torch
 from helpers import build, deterministic_weights
 
 from psapose.models import PolarizedSelfAttention, PoseResNet
-from psapose.models.attention import set_fast_psa
+from psapose.models.attention import reference_psa, set_fast_psa
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ["parallel", "sequential"]
@@ -183,6 +183,11 @@ def test_fast_is_the_default_and_switchable() -> None:
     assert blocks and all(b.fast for b in blocks)
     assert set_fast_psa(model, False) == len(blocks)
     assert not any(b.fast for b in blocks)
+    # reference_psa: every block on the reference path inside, each block's own path after.
+    blocks[0].fast = True
+    with reference_psa(model):
+        assert not any(b.fast for b in blocks)
+    assert blocks[0].fast and not any(b.fast for b in blocks[1:])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

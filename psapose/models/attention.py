@@ -15,7 +15,8 @@ Blocks:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "PolarizedSelfAttention",
     "SqueezeExcitation",
     "as_attention_spec",
+    "reference_psa",
     "set_fast_psa",
 ]
 
@@ -248,6 +250,22 @@ def set_fast_psa(model: nn.Module, fast: bool) -> int:
     for m in blocks:
         m.fast = fast
     return len(blocks)
+
+
+@contextlib.contextmanager
+def reference_psa(model: nn.Module) -> Iterator[None]:
+    """Every PSA block of ``model`` on its reference path inside the block, each put back
+    to its own path after: for what must see the official operations (FLOP counting,
+    ONNX tracing) rather than the fast path's single autograd function."""
+    blocks = [m for m in model.modules() if isinstance(m, PolarizedSelfAttention)]
+    was_fast = [m.fast for m in blocks]
+    for m in blocks:
+        m.fast = False
+    try:
+        yield
+    finally:
+        for m, fast in zip(blocks, was_fast, strict=True):
+            m.fast = fast
 
 
 class SqueezeExcitation(nn.Module):

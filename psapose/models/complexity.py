@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from psapose.models.attention import PolarizedSelfAttention
+from psapose.models.attention import reference_psa
 
 __all__ = [
     "Complexity",
@@ -59,18 +59,12 @@ def _run_eval(model: nn.Module, x: torch.Tensor) -> None:
     are those of the paper's formulation (the fast path computes the same function with
     fewer multiply-adds, and without the 1x1 convolutions the paper counts)."""
     was_training = model.training
-    psa = [m for m in model.modules() if isinstance(m, PolarizedSelfAttention)]
-    was_fast = [m.fast for m in psa]
     model.eval()
-    for m in psa:
-        m.fast = False
     try:
-        with torch.no_grad():
+        with reference_psa(model), torch.no_grad():
             model(x)
     finally:
         model.train(was_training)
-        for m, fast in zip(psa, was_fast, strict=True):
-            m.fast = fast
 
 
 _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
