@@ -544,3 +544,24 @@ def test_a_mistyped_synthetic_root_stops_naming_the_path_and_writes_nothing(tmp_
         target = tmp_path / "blocked.pth"
         target.mkdir()
         atomic_save({"x": torch.ones(1)}, target)
+
+
+def test_a_loader_failure_ends_the_batches_only_after_a_stop_was_requested():
+    from psapose.engine.faults import batches_until_stopped
+    from psapose.engine.inference import EvaluationStopped, _stoppable
+
+    def loader():
+        yield 1
+        yield 2
+        raise RuntimeError("DataLoader worker (pid 7) is killed by signal: Terminated")
+
+    with pytest.raises(RuntimeError, match="killed by signal"):  # no stop: a real failure
+        list(batches_until_stopped(loader(), lambda: False, lambda err: None))
+    seen: list[Exception] = []
+    assert list(batches_until_stopped(loader(), lambda: True, seen.append)) == [1, 2]
+    assert len(seen) == 1 and "killed by signal" in str(seen[0])
+    # Evaluation turns it into a stop, not a crash; without a stop check it stays a crash.
+    with pytest.raises(EvaluationStopped, match="killed by signal"):
+        list(_stoppable(loader(), lambda: True))
+    with pytest.raises(RuntimeError):
+        list(_stoppable(loader(), None))

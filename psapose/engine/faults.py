@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "StopSignals",
     "TrainingError",
     "TrainingInterrupted",
+    "batches_until_stopped",
     "init_worker",
 ]
 
@@ -81,6 +82,30 @@ def init_worker(worker_id: int) -> None:
     left alone (see the module docstring): its death is handled in the main process.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def batches_until_stopped(
+    batches: Iterable, stop_requested: Callable[[], bool], on_stop: Callable[[Exception], None]
+) -> Iterator:
+    """A loader's batches, ended cleanly when its workers died of a stop signal.
+
+    A process-group SIGTERM kills the DataLoader workers as the main process is told to
+    stop; the loader then fails at the next batch (a RuntimeError naming the dead worker,
+    or a reset socket mid-transfer). Once a stop was requested that failure goes to
+    ``on_stop`` (which may raise) and the batches end; before, it is raised as it is.
+    """
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:
+            if not stop_requested():
+                raise
+            on_stop(err)
+            return
+        yield batch
 
 
 def _torch_sigchld_handler() -> Any:

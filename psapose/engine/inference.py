@@ -18,7 +18,7 @@ from psapose.data.coco import TopDownDataset
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import crop_to_image
 from psapose.engine.distributed import all_gather_objects
-from psapose.engine.faults import init_worker
+from psapose.engine.faults import batches_until_stopped, init_worker
 from psapose.engine.sampler import EpochSampler
 
 __all__ = [
@@ -173,17 +173,11 @@ def predict(
 def _stoppable(batches: Iterator[dict], should_stop: Callable[[], bool] | None) -> Iterator[dict]:
     """The batches; workers that died with the process group after a stop signal end the
     evaluation as a stop (:class:`EvaluationStopped`), not as a crash."""
-    iterator = iter(batches)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except Exception as err:  # dead workers: a RuntimeError, or a reset socket mid-batch
-            if should_stop is not None and should_stop():
-                raise EvaluationStopped(f"evaluation stopped: {err}") from err
-            raise
-        yield batch
+
+    def stopped(err: Exception) -> None:
+        raise EvaluationStopped(f"evaluation stopped: {err}") from err
+
+    return batches_until_stopped(batches, should_stop or (lambda: False), stopped)
 
 
 def _progress(loader: DataLoader, progress: Any) -> Iterator[dict]:

@@ -62,6 +62,7 @@ from psapose.engine.faults import (
     StopSignals,
     TrainingError,
     TrainingInterrupted,
+    batches_until_stopped,
     init_worker,
 )
 from psapose.engine.inference import (
@@ -573,21 +574,12 @@ class Trainer:
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         """The loader's batches; a loader whose workers died after a stop signal ends the epoch."""
-        iterator = iter(self.loader)
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except Exception as err:
-                # Workers killed with the rest of the process group by the stop signal: the
-                # loader says so as a RuntimeError, or fails mid-transfer (a reset socket).
-                if not self.signals.requested:
-                    raise
-                log.warning("data loading stopped after the signal (%s)", err)
-                self.stop_signal = self.signals.signum
-                return
-            yield batch
+
+        def stopped(err: Exception) -> None:
+            log.warning("data loading stopped after the signal (%s)", err)
+            self.stop_signal = self.signals.signum
+
+        return batches_until_stopped(self.loader, lambda: self.signals.requested, stopped)
 
     def train_epoch(self) -> float:
         """Train the rest of the current epoch (all of it unless resumed mid-epoch)."""
