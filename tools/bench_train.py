@@ -37,6 +37,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from psapose.checkpoint import load_checkpoint_file  # noqa: E402
+from psapose.threads import usable_cores  # noqa: E402
+
 MODES = ("psapose", "fixed")
 
 
@@ -73,9 +78,8 @@ def _mode(mode: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
     if mode == "fixed":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
         env["OMP_WAIT_POLICY"] = ""  # set: the tools leave it alone; empty: OpenMP's default
-        return [f"threads={cores}", "workers=2"], env
+        return [f"threads={usable_cores()}", "workers=2"], env
     env.pop("OMP_WAIT_POLICY", None)
     return [], env
 
@@ -97,7 +101,7 @@ def _train(mode: str, busy: int, epochs: int, extra: list[str], out: Path) -> di
         _stop(background)
     if proc.returncode != 0:
         raise SystemExit(f"train run failed ({mode}, {busy} busy):\n{proc.stdout[-2000:]}")
-    state = torch.load(out / "checkpoints/latest.pth", map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(out / "checkpoints/latest.pth")  # checksum verified
     rates = [float(r["images_per_s"]) for r in state["history"]]
     counted = rates[1:] if len(rates) > 1 else rates
     return {
@@ -112,6 +116,7 @@ def _train(mode: str, busy: int, epochs: int, extra: list[str], out: Path) -> di
 
 def bench_train(args: argparse.Namespace) -> dict:
     rows = []
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="psapose-bench-train-") as tmp:
         # Interleaved by load level, so slow drift in the machine hits every mode alike.
         for busy in args.busy:
@@ -124,9 +129,10 @@ def bench_train(args: argparse.Namespace) -> dict:
         row["ratio_to_quiet"] = round(row["images_per_s"] / base, 3) if base else None
     result = {
         "machine": platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores": usable_cores(),
         "torch": torch.__version__,
-        "load_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "epochs": args.epochs,
         "rows": rows,
     }
@@ -147,3 +153,4 @@ def print_train(result: dict) -> None:
         )
     if "quiet_psapose_vs_fixed" in result:
         print(f"quiet: psapose / fixed = {result['quiet_psapose_vs_fixed']:.3f} (goal >= 0.95)")
+    print(f"load average {result['load_before']} before, {result['load_after']} after")

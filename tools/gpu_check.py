@@ -687,7 +687,6 @@ def _quickstart_synthetic_options() -> dict[str, Any]:
 
 
 def part_e2e(cfg: dict, out: _PartResult) -> None:
-    import torch
 
     from psapose.data.synthetic import generate_synthetic_coco
 
@@ -719,8 +718,9 @@ def part_e2e(cfg: dict, out: _PartResult) -> None:
     out.update(seconds=round(seconds, 1), returncode=proc.returncode)
     if proc.returncode != 0:
         raise RuntimeError(f"tools/train.py exited {proc.returncode}: {log.strip()[-800:]}")
-    state = torch.load(run_dir / "checkpoints" / "latest.pth", map_location="cpu",
-                       weights_only=True)  # fmt: skip
+    from psapose.checkpoint import load_checkpoint_file
+
+    state = load_checkpoint_file(run_dir / "checkpoints" / "latest.pth")  # checksum verified
     history = state["history"]
     last = history[-1]
     from psapose.evaluation import STAT_NAMES
