@@ -1,44 +1,19 @@
-"""Attention blocks that sit inside residual blocks, behind one interface.
-
-Every block maps ``[N, C, H, W] -> [N, C, H, W]``. Which block is used, and how,
-is described by an :class:`AttentionSpec` (built from the ``attention`` config
-group); the backbones call ``spec.build(channels)`` once per residual block and
-store the result as the submodule ``deattn`` (the official PSA naming).
-
-Blocks:
-
-* :class:`PolarizedSelfAttention` (PSA, Liu et al. 2021), layouts ``parallel``
-  and ``sequential``, variants ``paper`` and ``official``;
-* :class:`SqueezeExcitation` (Hu et al. 2018) and :class:`GlobalContext`
-  (Cao et al. 2019), the channel-attention peers of the paper's Table 1.
-"""
+"""Polarized Self-Attention (PSA, Liu et al. 2021): the block, its reference path, and
+switches between the reference and the fast path (:mod:`.psa_fast`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast_psa
+from . import psa_fast
 
-__all__ = [
-    "ATTENTION_KINDS",
-    "PSA_LAYOUTS",
-    "PSA_VARIANTS",
-    "AttentionSpec",
-    "GlobalContext",
-    "PolarizedSelfAttention",
-    "SqueezeExcitation",
-    "as_attention_spec",
-    "reference_psa",
-    "set_fast_psa",
-]
+__all__ = ["PSA_LAYOUTS", "PSA_VARIANTS", "PolarizedSelfAttention", "reference_psa", "set_fast_psa"]
 
-ATTENTION_KINDS = ("none", "psa", "se", "gc")
 PSA_LAYOUTS = ("parallel", "sequential")
 PSA_VARIANTS = ("official", "paper")
 
@@ -208,7 +183,7 @@ class PolarizedSelfAttention(nn.Module):
         * output: ``x a_sp + x a_ch`` or ``(x a_ch) a_sp``, in the reference's order
           of products; no full-size tensor but ``x`` is saved for the backward.
 
-        The whole block is one autograd function (:mod:`psapose.models.fast_psa`)
+        The whole block is one autograd function (:mod:`psapose.models.attention.psa_fast`)
         whose backward is written out: it reads ``x`` as few times as the algebra
         allows, makes ``x``'s gradient in one new tensor and adds every term but
         the output's to it in place as one low-rank matrix product, and runs as
@@ -224,7 +199,7 @@ class PolarizedSelfAttention(nn.Module):
             conv_in, norm, _, conv_out = up
             up_params = (conv_in.weight, conv_in.bias, norm.weight, norm.bias)
             up_params, eps = (*up_params, conv_out.weight, conv_out.bias), norm.eps
-        return fast_psa.psa(
+        return psa_fast.psa(
             x,
             self.layout,
             self.variant == "paper",
@@ -266,129 +241,6 @@ def reference_psa(model: nn.Module) -> Iterator[None]:
     finally:
         for m, fast in zip(blocks, was_fast, strict=True):
             m.fast = fast
-
-
-class SqueezeExcitation(nn.Module):
-    """Squeeze-and-Excitation channel attention: ``x * sigmoid(W2 relu(W1 avgpool(x)))``."""
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = max(1, channels // reduction)
-        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
-        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
-        return x * torch.sigmoid(scale)
-
-
-class GlobalContext(nn.Module):
-    """Global Context block (GCNet): softmax attention pooling, a LayerNorm
-    bottleneck transform, and additive fusion. Parameter names follow mmcv's
-    ``ContextBlock`` (``conv_mask``, ``channel_add_conv``); the last convolution
-    starts at zero so the block starts as the identity."""
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = max(1, channels // reduction)
-        self.conv_mask = nn.Conv2d(channels, 1, kernel_size=1)
-        self.channel_add_conv = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=1),
-            nn.LayerNorm([hidden, 1, 1]),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, kernel_size=1),
-        )
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.zeros_(self.conv_mask.bias)
-        nn.init.zeros_(self.channel_add_conv[-1].weight)
-        nn.init.zeros_(self.channel_add_conv[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.conv_mask(x).flatten(2).softmax(dim=2)  # [N, 1, HW]
-        context = torch.matmul(x.flatten(2), mask.transpose(1, 2)).unsqueeze(-1)  # [N, C, 1, 1]
-        return x + self.channel_add_conv(context)
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    """What attention block to put in each residual block.
-
-    Args:
-        kind: ``none``, ``psa``, ``se`` or ``gc``.
-        layout: PSA layout, ``parallel`` or ``sequential``.
-        variant: PSA variant, ``official`` (DeLightCMU/PSA code, checkpoint
-            compatible) or ``paper`` (the paper's equations).
-        reduction: channel reduction ratio of the SE and GC bottlenecks.
-    """
-
-    kind: str = "psa"
-    layout: str = "parallel"
-    variant: str = "official"
-    reduction: int = 16
-
-    def __post_init__(self) -> None:
-        _check_choice("attention.kind", self.kind, ATTENTION_KINDS)
-        _check_choice("attention.layout", self.layout, PSA_LAYOUTS)
-        _check_choice("attention.variant", self.variant, PSA_VARIANTS)
-        if not isinstance(self.reduction, int) or self.reduction < 1:
-            raise ValueError(
-                f"attention.reduction must be a positive integer, got {self.reduction!r}"
-            )
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: object) -> AttentionSpec:
-        """``none``, ``psa_parallel``, ``psa_sequential``, ``se`` or ``gc``."""
-        names = {
-            "none": {"kind": "none"},
-            "psa_parallel": {"kind": "psa", "layout": "parallel"},
-            "psa_sequential": {"kind": "psa", "layout": "sequential"},
-            "se": {"kind": "se"},
-            "gc": {"kind": "gc"},
-        }
-        if name not in names:
-            raise ValueError(f"unknown attention {name!r}; choose one of {sorted(names)}")
-        return cls(**{**names[name], **overrides})
-
-    @property
-    def name(self) -> str:
-        return f"psa_{self.layout}" if self.kind == "psa" else self.kind
-
-    def build(self, channels: int) -> nn.Module | None:
-        """The block for a feature map with ``channels`` channels (``None`` for ``none``)."""
-        if self.kind == "none":
-            return None
-        if self.kind == "psa":
-            return PolarizedSelfAttention(channels, layout=self.layout, variant=self.variant)
-        if self.kind == "se":
-            return SqueezeExcitation(channels, reduction=self.reduction)
-        return GlobalContext(channels, reduction=self.reduction)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-def as_attention_spec(attention: AttentionSpec | Mapping | str | None) -> AttentionSpec:
-    """Accept a spec, a mapping of its fields, a name such as ``psa_parallel``, or ``None``."""
-    if attention is None:
-        return AttentionSpec(kind="none")
-    if isinstance(attention, AttentionSpec):
-        return attention
-    if isinstance(attention, str):
-        return AttentionSpec.from_name(attention)
-    if isinstance(attention, Mapping):
-        fields = {k: v for k, v in attention.items() if k != "_target_"}
-        unknown = set(fields) - set(AttentionSpec.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown attention key(s) {sorted(unknown)}; allowed: {sorted(AttentionSpec.__dataclass_fields__)}"
-            )
-        return AttentionSpec(**fields)
-    raise TypeError(
-        f"attention must be an AttentionSpec, a mapping, a name or None, got {type(attention).__name__}"
-    )
 
 
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
