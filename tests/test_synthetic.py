@@ -153,7 +153,7 @@ def test_detections_statistics_on_a_larger_val_set():
     for i in range(40):
         r = render_synthetic_image(SEED, "val2017", i)
         gts += len(r.annotations)
-        dets += synthetic._detections(SEED, i, r.image_id, r.annotations, H, W)
+        dets += synthetic.writer._detections(SEED, i, r.image_id, r.annotations, H, W)
     scores = np.array([d["score"] for d in dets])
     assert 0.6 < np.mean(scores >= 0.6) < 1.0  # mostly confident, some low-score ones
     assert (scores >= 0.6).sum() < gts  # a few people missed
@@ -217,7 +217,7 @@ def test_most_people_carry_many_keypoints(rendered):
 def test_part_map_marks_people_and_occluders(rendered):
     ids = np.concatenate([r.part_map.ravel() for r in rendered])
     assert (ids == -1).any() and (ids >= 0).any()
-    assert (ids >= synthetic._OCCLUDER_ID).any()
+    assert (ids >= synthetic.scene._OCCLUDER_ID).any()
 
 
 def test_left_right_bands_mirror_under_a_horizontal_flip():
@@ -228,7 +228,7 @@ def test_left_right_bands_mirror_under_a_horizontal_flip():
 
     def draw(p, q, side):
         img = np.zeros((H, W, 3), np.uint8)
-        synthetic._draw_bands(img, p, q, 9.0, 7.0, side, np.array([255.0, 255.0, 255.0]))
+        synthetic.raster._draw_bands(img, p, q, 9.0, 7.0, side, np.array([255.0, 255.0, 255.0]))
         return img.astype(np.float64)
 
     left_flipped = draw(a, b, 1)[:, ::-1]
