@@ -1,11 +1,14 @@
 """Heatmap codecs against per-instance NumPy ports of the reference code.
 
-The ports below restate, loop for loop, official HRNet (leoxiaobin/deep-high-resolution-net.pytorch:
+The ports restate, loop for loop, official HRNet (leoxiaobin/deep-high-resolution-net.pytorch:
 ``JointsDataset.generate_target``, ``inference.get_max_preds`` / ``get_final_preds``), DarkPose
 (ilovepose/DarkPose ``inference.taylor``) and mmpose (``generate_unbiased_gaussian_heatmaps``,
 ``generate_udp_gaussian_heatmaps``, ``gaussian_blur``, ``refine_keypoints_dark_udp``,
 ``UDPHeatmap.decode``), with cv2 doing the blurs. The UDP combined target follows the
 brief (offsets over the whole map, as UDP-Pose; kept when the rounded position is in the map).
+The decoding and flip ports the evaluation benchmark shares (HRNet ``get_max_preds`` /
+``get_final_preds`` / ``flip_back``, DarkPose ``get_final_preds``, the float64 blur) live in
+``psapose.evaluation.reference``; the encoding and mmpose-only ones are below.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ from psapose.codecs import msra as msra_module
 from psapose.codecs import udp as udp_module
 from psapose.config import compose_config
 from psapose.data.keypoint_spec import load_keypoint_spec
+from psapose.evaluation.reference import (
+    darkpose_final_preds,
+    gaussian_blur_f64,
+    get_max_preds,
+    hrnet_final_preds,
+    hrnet_flip_back,
+)
 
 CODEC_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "codec"
 FLIP = load_keypoint_spec("coco").flip_indices
@@ -151,81 +161,6 @@ def udp_combined_target(heatmap_size, keypoints, visible, radius):
         target[k, 1] = x_offset
         target[k, 2] = y_offset
     return target.reshape(K * 3, H, W), weights
-
-
-def get_max_preds(batch_heatmaps):
-    """HRNet inference.get_max_preds."""
-    batch_size, num_joints, _, width = batch_heatmaps.shape
-    heatmaps_reshaped = batch_heatmaps.reshape((batch_size, num_joints, -1))
-    idx = np.argmax(heatmaps_reshaped, 2)
-    maxvals = np.amax(heatmaps_reshaped, 2).reshape((batch_size, num_joints, 1))
-    idx = idx.reshape((batch_size, num_joints, 1))
-    preds = np.tile(idx, (1, 1, 2)).astype(np.float32)
-    preds[:, :, 0] = (preds[:, :, 0]) % width
-    preds[:, :, 1] = np.floor((preds[:, :, 1]) / width)
-    pred_mask = np.tile(np.greater(maxvals, 0.0), (1, 1, 2)).astype(np.float32)
-    preds *= pred_mask
-    return preds, maxvals
-
-
-def hrnet_final_preds(batch_heatmaps):
-    """HRNet get_final_preds with POST_PROCESS, in heatmap pixels."""
-    coords, maxvals = get_max_preds(batch_heatmaps)
-    heatmap_height, heatmap_width = batch_heatmaps.shape[2:]
-    for n in range(coords.shape[0]):
-        for p in range(coords.shape[1]):
-            hm = batch_heatmaps[n][p]
-            px = int(math.floor(coords[n][p][0] + 0.5))
-            py = int(math.floor(coords[n][p][1] + 0.5))
-            if 1 < px < heatmap_width - 1 and 1 < py < heatmap_height - 1:
-                diff = np.array([hm[py][px + 1] - hm[py][px - 1], hm[py + 1][px] - hm[py - 1][px]])
-                coords[n][p] += np.sign(diff) * 0.25
-    return coords, maxvals[..., 0]
-
-
-def gaussian_blur_f64(heatmaps, kernel):
-    """mmpose/DarkPose gaussian_blur (zero padding, rescale to the original max) in float64.
-
-    DarkPose blurs a float64 copy; mmpose a float32 one. The ports stay in float64 after
-    it: float32 rounding alone moves a Taylor step by up to ~1e-2 px where the log-Hessian
-    is nearly singular, and the codecs do this part in float64 too.
-    """
-    heatmaps = heatmaps.astype(np.float64)
-    border = (kernel - 1) // 2
-    K, H, W = heatmaps.shape
-    for k in range(K):
-        origin_max = np.max(heatmaps[k])
-        dr = np.zeros((H + 2 * border, W + 2 * border))
-        dr[border:-border, border:-border] = heatmaps[k].copy()
-        dr = cv2.GaussianBlur(dr, (kernel, kernel), 0)
-        heatmaps[k] = dr[border:-border, border:-border].copy()
-        with np.errstate(invalid="ignore"):  # 0 / 0 for an all-zero map, as the reference
-            heatmaps[k] *= origin_max / np.max(heatmaps[k])
-    return heatmaps
-
-
-def darkpose_final_preds(batch_heatmaps, kernel):
-    """DarkPose get_final_preds (blur, log, taylor), in heatmap pixels."""
-    coords, maxvals = get_max_preds(batch_heatmaps)
-    hm = np.stack([gaussian_blur_f64(h, kernel) for h in batch_heatmaps])
-    hm = np.log(np.maximum(hm, 1e-10))
-    heatmap_height, heatmap_width = hm.shape[2:]
-    for n in range(coords.shape[0]):
-        for p in range(coords.shape[1]):
-            h, coord = hm[n][p], coords[n][p]
-            px, py = int(coord[0]), int(coord[1])
-            if 1 < px < heatmap_width - 2 and 1 < py < heatmap_height - 2:
-                dx = 0.5 * (h[py][px + 1] - h[py][px - 1])
-                dy = 0.5 * (h[py + 1][px] - h[py - 1][px])
-                dxx = 0.25 * (h[py][px + 2] - 2 * h[py][px] + h[py][px - 2])
-                dxy = 0.25 * (h[py + 1][px + 1] - h[py - 1][px + 1] - h[py + 1][px - 1] + h[py - 1][px - 1])  # fmt: skip
-                dyy = 0.25 * (h[py + 2][px] - 2 * h[py][px] + h[py - 2][px])
-                derivative = np.array([[dx], [dy]])
-                hessian = np.array([[dxx, dxy], [dxy, dyy]])
-                if dxx * dyy - dxy**2 != 0:
-                    offset = -np.linalg.inv(hessian) @ derivative
-                    coords[n][p] += offset[:, 0]
-    return coords, maxvals[..., 0]
 
 
 def get_heatmap_maximum(heatmaps):
@@ -588,17 +523,6 @@ def test_decode_rejects_wrong_shapes() -> None:
 
 
 # ---------------------------------------------------------------------------- flip
-def hrnet_flip_back(output_flipped, flip_pairs):
-    """HRNet utils.transforms.flip_back, then the test-time one-pixel shift."""
-    output_flipped = output_flipped[:, :, :, ::-1].copy()
-    for a, b in flip_pairs:
-        tmp = output_flipped[:, a, :, :].copy()
-        output_flipped[:, a, :, :] = output_flipped[:, b, :, :]
-        output_flipped[:, b, :, :] = tmp
-    output_flipped[:, :, :, 1:] = output_flipped.copy()[:, :, :, 0:-1]
-    return output_flipped
-
-
 @pytest.mark.parametrize("c", [1, 3])
 def test_flip_heatmaps_is_its_own_inverse(c: int) -> None:
     hm = torch.rand(3, 17 * c, 64, 48, generator=torch.Generator().manual_seed(c))

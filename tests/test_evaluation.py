@@ -2,7 +2,8 @@
 
 The NMS and rescoring code is compared with per-instance ports of the official
 HRNet code (leoxiaobin/deep-high-resolution-net.pytorch, ``lib/nms/nms.py`` and
-``lib/dataset/coco.py``), written out below with HRNet's loops kept as they are.
+``lib/dataset/coco.py``), written out in ``psapose.evaluation.reference`` with HRNet's loops
+kept as they are (the evaluation benchmark runs the same ports).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import sys
 import time
 import warnings
 import zipfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,12 @@ from psapose.evaluation import (
     write_test_dev_results,
 )
 from psapose.evaluation import nms as nms_module
+from psapose.evaluation.reference import (
+    ref_evaluate,
+    ref_oks_iou,
+    ref_oks_nms,
+    ref_soft_oks_nms,
+)
 from tests.helpers import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,147 +61,11 @@ PAIR_EXPECTED = {"AP": 0.8609, "AP50": 0.9931, "AP75": 0.9109, "AR": 0.875}
 
 
 # ----------------------------------------------------------------------------- reference ports
-# HRNet lib/nms/nms.py, per instance. ``in_vis_thre`` follows mmpose's reading
-# ((vg > t) & (vd > t)); HRNet's literal ``list(vg > t) and list(vd > t)`` keeps vd's mask only.
-
-
-def ref_oks_iou(g, d, a_g, a_d, sigmas=None, in_vis_thre=None):
-    if not isinstance(sigmas, np.ndarray):
-        sigmas = (
-            np.array(
-                [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07]
-                + [0.87, 0.87, 0.89, 0.89]
-            )
-            / 10.0
-        )
-    variances = (sigmas * 2) ** 2
-    xg = g[0::3]
-    yg = g[1::3]
-    vg = g[2::3]
-    ious = np.zeros(d.shape[0])
-    for n_d in range(0, d.shape[0]):
-        xd = d[n_d, 0::3]
-        yd = d[n_d, 1::3]
-        vd = d[n_d, 2::3]
-        dx = xd - xg
-        dy = yd - yg
-        e = (dx**2 + dy**2) / variances / ((a_g + a_d[n_d]) / 2 + np.spacing(1)) / 2
-        if in_vis_thre is not None:
-            ind = list((vg > in_vis_thre) & (vd > in_vis_thre))
-            e = e[ind]
-        ious[n_d] = np.sum(np.exp(-e)) / e.shape[0] if e.shape[0] != 0 else 0.0
-    return ious
-
-
-def ref_oks_nms(kpts_db, thresh, sigmas=None, in_vis_thre=None):
-    if len(kpts_db) == 0:
-        return []
-    scores = np.array([kpts_db[i]["score"] for i in range(len(kpts_db))])
-    kpts = np.array([kpts_db[i]["keypoints"].flatten() for i in range(len(kpts_db))])
-    areas = np.array([kpts_db[i]["area"] for i in range(len(kpts_db))])
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        oks_ovr = ref_oks_iou(
-            kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas, in_vis_thre
-        )
-        inds = np.where(oks_ovr <= thresh)[0]
-        order = order[inds + 1]
-    return keep
-
-
-def ref_rescore(overlap, scores, thresh, type="gaussian"):
-    assert overlap.shape[0] == scores.shape[0]
-    if type == "linear":
-        inds = np.where(overlap >= thresh)[0]
-        scores[inds] = scores[inds] * (1 - overlap[inds])
-    else:
-        scores = scores * np.exp(-(overlap**2) / thresh)
-    return scores
-
-
-def ref_soft_oks_nms(kpts_db, thresh, sigmas=None, in_vis_thre=None, max_dets=20):
-    if len(kpts_db) == 0:
-        return []
-    scores = np.array([kpts_db[i]["score"] for i in range(len(kpts_db))])
-    kpts = np.array([kpts_db[i]["keypoints"].flatten() for i in range(len(kpts_db))])
-    areas = np.array([kpts_db[i]["area"] for i in range(len(kpts_db))])
-    order = scores.argsort()[::-1]
-    scores = scores[order]
-    keep = np.zeros(max_dets, dtype=np.intp)
-    keep_cnt = 0
-    while order.size > 0 and keep_cnt < max_dets:
-        i = order[0]
-        oks_ovr = ref_oks_iou(
-            kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas, in_vis_thre
-        )
-        order = order[1:]
-        scores = ref_rescore(oks_ovr, scores[1:], thresh)
-        tmp = scores.argsort()[::-1]
-        order = order[tmp]
-        scores = scores[tmp]
-        keep[keep_cnt] = i
-        keep_cnt += 1
-    return keep[:keep_cnt]
-
-
-def ref_evaluate(preds, areas, box_scores, image_ids, soft=False, sigmas=None):
-    """HRNet COCODataset.evaluate up to the results list (in_vis_thre 0.2, oks_thre 0.9)."""
-    num_joints, in_vis_thre, oks_thre = preds.shape[1], 0.2, 0.9
-    kpts = defaultdict(list)
-    for idx, kpt in enumerate(preds):
-        kpts[int(image_ids[idx])].append(
-            {
-                "keypoints": kpt,
-                "area": areas[idx],
-                "score": box_scores[idx],
-                "image": image_ids[idx],
-            }
-        )
-    oks_nmsed_kpts = []
-    for img in kpts.keys():
-        img_kpts = kpts[img]
-        for n_p in img_kpts:
-            box_score = n_p["score"]
-            kpt_score = 0
-            valid_num = 0
-            for n_jt in range(0, num_joints):
-                t_s = n_p["keypoints"][n_jt][2]
-                if t_s > in_vis_thre:
-                    kpt_score = kpt_score + t_s
-                    valid_num = valid_num + 1
-            if valid_num != 0:
-                kpt_score = kpt_score / valid_num
-            n_p["score"] = kpt_score * box_score
-        nms = ref_soft_oks_nms if soft else ref_oks_nms
-        keep = nms(list(img_kpts), oks_thre, sigmas)
-        if len(keep) == 0:
-            oks_nmsed_kpts.append(img_kpts)
-        else:
-            oks_nmsed_kpts.append([img_kpts[_keep] for _keep in keep])
-    results = []
-    for img_kpts in oks_nmsed_kpts:
-        _key_points = np.array([img_kpts[k]["keypoints"] for k in range(len(img_kpts))])
-        key_points = np.zeros((_key_points.shape[0], num_joints * 3), dtype=np.float64)
-        for ipt in range(num_joints):
-            key_points[:, ipt * 3 + 0] = _key_points[:, ipt, 0]
-            key_points[:, ipt * 3 + 1] = _key_points[:, ipt, 1]
-            key_points[:, ipt * 3 + 2] = _key_points[:, ipt, 2]
-        results.extend(
-            {
-                "image_id": int(img_kpts[k]["image"]),
-                "category_id": 1,
-                "keypoints": list(key_points[k]),
-                "score": img_kpts[k]["score"],
-            }
-            for k in range(len(img_kpts))
-        )
-    return results
+# The HRNet ports (lib/nms/nms.py, COCODataset.evaluate) live in psapose.evaluation.reference.
 
 
 def as_db(keypoints, scores, areas):
+    """The per-person dicts (HRNet's ``kpts_db``) the NMS ports take."""
     rows = zip(keypoints, scores, areas, strict=True)
     return [{"keypoints": k, "score": s, "area": a} for k, s, a in rows]
 
