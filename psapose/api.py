@@ -18,7 +18,7 @@ run at full batch size.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,22 +35,38 @@ from psapose.checkpoint import (
     load_pose_checkpoint,
     resolve_checkpoint,
 )
-from psapose.config import build_model, compose_config, input_size, load_stored_config
+from psapose.config import ConfigError, build_model, compose_config, load_stored_config
 from psapose.data.keypoint_spec import KeypointSpec
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import (
     affine_matrix,
     box_to_center_scale,
+    check_color,
     crop_to_image,
     read_image,
     warp_image,
 )
 from psapose.engine.inference import predict_heatmaps
 from psapose.evaluation.coco_eval import rescore
+from psapose.runtime import (
+    codec_from_inference_config,
+    resolve_device,
+    run_setup,
+    spec_from_inference_config,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "PoseEstimator", "Poses", "as_boxes", "image_paths", "resolve_device"]
 
 ImageLike = str | os.PathLike | np.ndarray
+# The PoseEstimator arguments an inference config carries besides model, codec, spec and size.
+_ESTIMATOR_OPTIONS = (
+    "color",
+    "flip_test",
+    "batch_size",
+    "precision",
+    "channels_last",
+    "box_padding",
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -137,8 +153,7 @@ class PoseEstimator:
         channels_last: bool = True,
         box_padding: float = 1.25,
     ) -> None:
-        if color not in ("rgb", "bgr"):
-            raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        check_color(color)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if precision not in ("fp32", "bf16", "fp16"):
@@ -166,24 +181,14 @@ class PoseEstimator:
         """From a composed config (or Hydra overrides such as ``["experiment=hrnet_w32_psa_p_256x192"]``)
         and optionally a checkpoint: a psapose training checkpoint, a plain state dict, or an
         official HRNet/SimpleBaseline pose checkpoint (loaded strictly)."""
-        from psapose.engine.trainer import prepare_config
-
         if not isinstance(cfg, DictConfig):
             cfg = compose_config(list(cfg))
-        cfg, spec, codec = prepare_config(cfg)
-        model = build_model(cfg)
+        setup = run_setup(cfg)
+        model = build_model(setup.cfg)
         if checkpoint is not None:
             load_pose_checkpoint(model, checkpoint, strict=True)
-        options = {
-            "color": str(cfg.data.color),
-            "flip_test": bool(cfg.eval.flip_test),
-            "batch_size": int(cfg.eval.batch_size),
-            "precision": str(cfg.precision),
-            "channels_last": bool(cfg.channels_last),
-            "box_padding": float(cfg.data.box_padding),
-        }
-        options.update(kwargs)
-        return cls(model, codec, spec, input_size(cfg), **options)
+        options = {**setup.estimator_options(), **kwargs}
+        return cls(model, setup.codec, setup.spec, setup.input_size, **options)
 
     @classmethod
     def from_checkpoint(
@@ -193,14 +198,56 @@ class PoseEstimator:
         **kwargs,
     ) -> PoseEstimator:
         """From a checkpoint file (or URL). The config is the one stored in a psapose
-        training checkpoint unless ``config`` (a YAML file, a config, or overrides) is given."""
+        training checkpoint unless ``config`` (a YAML file, a config, or overrides) is given.
+
+        A checkpoint that carries an inference config (every one the trainer writes now)
+        is built from that plain data alone, without composing or validating a Hydra
+        config (:meth:`from_inference_config`); an older one through its stored training
+        config, under the same allow-list.
+        """
         if config is None:
-            cfg = _checkpoint_config(checkpoint)
+            path = resolve_checkpoint(checkpoint)
+            state = load_checkpoint_file(path)  # weights_only; pickled code is refused
+            inference = state.get("inference") if isinstance(state, dict) else None
+            if inference is not None:
+                return cls.from_inference_config(inference, checkpoint, str(path), **kwargs)
+            cfg = _stored_config(state, path)
         elif isinstance(config, (str, os.PathLike)) and Path(config).suffix in (".yaml", ".yml"):
             cfg = load_stored_config(config)  # untrusted data: plain values, allowed targets
         else:
             cfg = config
         return cls.from_config(cfg, checkpoint, **kwargs)
+
+    @classmethod
+    def from_inference_config(
+        cls,
+        inference: Mapping[str, Any],
+        checkpoint: str | os.PathLike | None = None,
+        source: str = "inference config",
+        **kwargs,
+    ) -> PoseEstimator:
+        """From the plain inference config a checkpoint carries
+        (:meth:`psapose.runtime.RunSetup.inference_config`) and optionally the weights.
+
+        Nothing in it is run or imported: the model is built from its config subtree
+        through the allow-listed path (:func:`~psapose.config.build_model`), the codec
+        only if it names one of psapose's codec classes.
+        """
+        if not isinstance(inference, Mapping) or not isinstance(inference.get("model"), Mapping):
+            raise ConfigError(f"{source}: the inference config has no model node")
+        model_cfg = load_stored_config(
+            {"model": inference["model"]}, f"{source} (inference config)"
+        )
+        model = build_model(model_cfg)
+        if checkpoint is not None:
+            load_pose_checkpoint(model, checkpoint, strict=True)
+        size = inference.get("input_size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2):
+            raise ConfigError(f"{source}: inference config: input_size must be [height, width]")
+        codec = codec_from_inference_config(inference, source)
+        spec = spec_from_inference_config(inference, source)
+        options = {k: inference[k] for k in _ESTIMATOR_OPTIONS if k in inference}
+        return cls(model, codec, spec, tuple(size), **{**options, **kwargs})
 
     @classmethod
     def from_run(
@@ -297,8 +344,7 @@ class PoseEstimator:
             return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
         if array.ndim != 3 or array.shape[2] not in (3, 4):
             raise ValueError(f"expected an H x W x 3 image, got shape {array.shape}")
-        if color not in ("rgb", "bgr"):
-            raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        check_color(color)
         array = array[..., :3]
         return np.ascontiguousarray(array if color == self.color else array[..., ::-1])
 
@@ -348,20 +394,8 @@ def image_paths(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` (CUDA when available), or the named device, checked."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but CUDA is not available")
-    return device
-
-
-def _checkpoint_config(checkpoint: str | os.PathLike) -> DictConfig:
-    """The config stored in a psapose training checkpoint."""
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint_file(path)  # weights_only; pickled code is refused
+def _stored_config(state: object, path: Path) -> DictConfig:
+    """The training config stored in a loaded psapose checkpoint."""
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict):
         raise CheckpointError(

@@ -30,7 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import nn
 
-from psapose.data.transforms import Augmentation
+from psapose.data.transforms import COLORS, Augmentation
 
 __all__ = [
     "ALLOWED_TARGET_PREFIXES",
@@ -345,7 +345,7 @@ _TARGET_NODES = ("model", "attention", "codec")
 _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("fp32", "bf16", "fp16"),
-    "data.color": ("rgb", "bgr"),
+    "data.color": COLORS,
     "schedule.optimizer": ("adam", "adamw", "sgd"),
     "eval.split": ("val", "test-dev"),
     "eval.nms": ("oks", "soft", "none"),

@@ -26,7 +26,6 @@ from psapose.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from psapose.data.synthetic import generate_synthetic_coco
 from psapose.engine.inference import predict
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 COCO_FIXTURE = SHARED_DATA / "coco_fixture"
 needs_fixture = pytest.mark.skipif(
     not (COCO_FIXTURE / "test_coco.json").is_file(),
@@ -39,11 +38,7 @@ needs_onnxruntime = pytest.mark.skipif(
 
 
 def _tool(name: str):
-    sys.path.insert(0, str(TOOLS))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(TOOLS))
+    return importlib.import_module(f"psapose.commands.{name}")
 
 
 class BrightnessModel(nn.Module):
@@ -226,9 +221,85 @@ def test_api_equals_the_evaluation_path_and_loads_a_run(synthetic_root, tmp_path
 
 
 def estimator_cfg(cfg):
-    from psapose.engine.trainer import prepare_config
+    from psapose.runtime import prepare_config
 
     return prepare_config(cfg)[0].data
+
+
+def _is_plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def test_checkpoints_carry_a_plain_inference_config_that_loads_without_hydra(
+    synthetic_root, tmp_path, monkeypatch
+):
+    """The trainer's checkpoints hold the inference config as plain data; from_checkpoint
+    builds from it alone (no composing, no validating), and a checkpoint without it (older
+    ones) still loads through its stored config, to the same outputs."""
+    from psapose.engine.checkpoints import atomic_save
+    from psapose.engine.trainer import Trainer
+
+    cfg = _small_config(synthetic_root, "schedule.epochs=1")
+    trainer = Trainer(cfg, tmp_path / "run")
+    path = trainer.save()
+    state = torch.load(path, weights_only=True)
+    inference = state["inference"]
+    assert _is_plain(inference)
+    assert inference["input_size"] == list(trainer.input_size)
+    assert inference["keypoints"]["keypoints"] == list(trainer.spec.keypoints)
+    assert inference["codec"]["name"] == "psapose.codecs.udp.UDPHeatmap"
+    assert (inference["color"], inference["box_padding"]) == ("rgb", 1.25)
+    assert inference["model"]["_target_"] == cfg.model._target_
+
+    old = tmp_path / "old.pth"  # as checkpoints were written before the inference config
+    atomic_save({k: v for k, v in state.items() if k not in ("inference", "checksum")}, old)
+    before = PoseEstimator.from_checkpoint(old, device="cpu")
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the inference config path composed or prepared a Hydra config")
+
+    for name in ("psapose.config.compose", "psapose.api.compose_config", "psapose.api.run_setup"):
+        monkeypatch.setattr(name, refused)
+    after = PoseEstimator.from_checkpoint(path, device="cpu")
+    assert after.spec == before.spec == trainer.spec
+    assert type(after.codec) is type(before.codec)
+    assert (after.codec.input_size, after.codec.heatmap_size) == (before.codec.input_size, before.codec.heatmap_size)  # fmt: skip
+    for key in ("input_size", "color", "box_padding", "flip_test", "batch_size", "precision",
+                "channels_last", "udp"):  # fmt: skip
+        assert getattr(after, key) == getattr(before, key), key
+    image = next(p for p in sorted(synthetic_root.rglob("*")) if p.suffix in (".jpg", ".png"))
+    boxes = [[10.0, 12.0, 60.0, 90.0], [0.0, 0.0, 40.0, 40.0]]
+    ours, theirs = after(image, boxes), before(image, boxes)
+    np.testing.assert_array_equal(ours.keypoints, theirs.keypoints)
+    np.testing.assert_array_equal(ours.scores, theirs.scores)
+
+
+def test_an_inference_config_builds_only_allowed_classes(tmp_path):
+    import copy
+
+    from psapose.config import ConfigError
+    from psapose.runtime import run_setup
+
+    good = run_setup(compose_config(["experiment=quickstart", "model.num_blocks=1"]))
+    good = good.inference_config()
+    assert PoseEstimator.from_inference_config(good, device="cpu").spec.num_keypoints == 17
+    marker = tmp_path / "pwned"
+    changes = {
+        "model builds os.system": ("model", "_target_", "os.system"),
+        "model walks out": ("model", "_target_", "psapose.data.coco.Path.write_text"),
+        "a model class as the codec": ("codec", "name", "psapose.models.hrnet.PoseHRNet"),
+        "an interpolation": ("model", "num_keypoints", "${oc.env:HOME}"),
+    }
+    for name, (node, key, value) in changes.items():
+        bad = copy.deepcopy(good)
+        bad[node][key] = value
+        with pytest.raises(ConfigError, match="is not allowed|interpolation"):
+            PoseEstimator.from_inference_config(bad, source=str(marker))
+        assert not marker.exists(), name
 
 
 def _run_dir(tmp_path: Path, root: Path, *extra: str, realistic: bool = False) -> Path:

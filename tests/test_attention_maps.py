@@ -230,10 +230,7 @@ def test_big_stages_get_a_row_per_branch():
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"psapose.commands.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +311,7 @@ class _Writer:
 
 def test_log_attention_maps_for_tensorboard(tmp_path, synthetic_root):
     from psapose.data.builder import build_dataset
-    from psapose.engine.trainer import prepare_config
+    from psapose.runtime import prepare_config
 
     cfg, _, codec = prepare_config(
         compose_config(

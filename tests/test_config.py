@@ -131,7 +131,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_preset_composes_validates_and_builds(name):
-    from psapose.engine.trainer import prepare_config
+    from psapose.runtime import prepare_config
 
     cfg, spec, codec = prepare_config(compose_config([f"experiment={name}"]))
     assert cfg.name == (name if name == "quickstart" else cfg.name) and spec.num_keypoints == 17

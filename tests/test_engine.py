@@ -13,9 +13,10 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from psapose.config import ConfigError, compose_config
+from psapose.engine.components import lr_factor as _lr_factor
 from psapose.engine.loss import CombinedTargetMSELoss, KeypointMSELoss
 from psapose.engine.sampler import EpochSampler
-from psapose.engine.trainer import Trainer, _lr_factor
+from psapose.engine.trainer import Trainer
 from tests.helpers import SHARED_DATA
 
 COCO_MINI = SHARED_DATA / "coco_mini"

@@ -30,16 +30,12 @@ from psapose.config import ConfigError, compose_config, validate_config
 from psapose.data.coco import AnnotationError, TopDownDataset, load_coco_annotations
 from psapose.data.keypoint_spec import KeypointSpecError, load_keypoint_spec
 from psapose.data.transforms import ImageReadError, read_image
+from psapose.engine.checkpoints import atomic_save
+from psapose.engine.faults import DataError, NonFiniteLossError, TrainingInterrupted
 from psapose.engine.inference import predict
 from psapose.engine.sampler import EpochSampler
-from psapose.engine.trainer import (
-    DataError,
-    NonFiniteLossError,
-    Trainer,
-    TrainingInterrupted,
-    atomic_save,
-    prepare_config,
-)
+from psapose.engine.trainer import Trainer
+from psapose.runtime import prepare_config
 from tests.helpers import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]

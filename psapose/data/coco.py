@@ -35,10 +35,12 @@ from psapose.data.transforms import (
     affine_matrix,
     apply_affine,
     box_to_center_scale,
+    check_color,
     read_image,
     sample_augmentation,
     warp_image,
 )
+from psapose.data.types import CropSample, Sample
 
 __all__ = [
     "AnnotationError",
@@ -419,7 +421,8 @@ def load_detections(
 class TopDownDataset(Dataset):
     """Person crops for training or evaluation.
 
-    A sample is a dict:
+    A sample is a dict (:class:`~psapose.data.types.Sample`, which gives every key's shape and
+    dtype; a DataLoader batch is a :class:`~psapose.data.types.Batch`):
 
     * ``image``: uint8 (H, W, 3) crop in ``color`` order (float conversion and
       normalisation happen on the device, see :func:`psapose.data.normalize_images`);
@@ -456,8 +459,7 @@ class TopDownDataset(Dataset):
                 f"{instances.source}: {instances.keypoints.shape[1]} keypoints per person, "
                 f"but the keypoint spec {spec.name!r} has {spec.num_keypoints}"
             )
-        if color not in ("rgb", "bgr"):
-            raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        check_color(color)
         self.instances = instances
         self.spec = spec
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -478,7 +480,7 @@ class TopDownDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def crop(self, index: int, epoch: int | None = None) -> dict[str, Any]:
+    def crop(self, index: int, epoch: int | None = None) -> CropSample:
         """The sample as NumPy arrays, before conversion to tensors (and without targets)."""
         inst = self.instances
         epoch = self.epoch if epoch is None else epoch
@@ -525,7 +527,7 @@ class TopDownDataset(Dataset):
             "index": int(index),
         }
 
-    def placeholder(self, index: int, error: str) -> dict[str, Any]:
+    def placeholder(self, index: int, error: str) -> CropSample:
         """A sample of the usual shapes standing in for one whose image cannot be read."""
         inst = self.instances
         height, width = self.input_size
@@ -547,13 +549,13 @@ class TopDownDataset(Dataset):
             "error": error,
         }
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         try:
             sample = self.crop(int(index), int(epoch))
         except ImageReadError as err:
             sample = self.placeholder(int(index), str(err))
-        out = {
+        out: Sample = {
             "image": torch.from_numpy(sample["image"]),
             "keypoints": torch.from_numpy(sample["keypoints"]),
             "visible": torch.from_numpy(sample["visible"]),

@@ -25,11 +25,13 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "COLORS",
     "Augmentation",
     "ImageReadError",
     "affine_matrix",
     "apply_affine",
     "box_to_center_scale",
+    "check_color",
     "crop_to_image",
     "fix_aspect_ratio",
     "half_body_box",
@@ -44,6 +46,16 @@ __all__ = [
 # IGNORE_ORIENTATION in mmcv, PIL-free HRNet) do: COCO keypoints are labelled
 # on the stored pixel grid.
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+# Channel orders a model may be trained on (bgr: OpenCV's, the official SimpleBaseline's).
+COLORS = ("rgb", "bgr")
+
+
+def check_color(color: str) -> str:
+    """``color`` when it is one of :data:`COLORS`; a ``ValueError`` naming them otherwise."""
+    if color not in COLORS:
+        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+    return color
 
 
 class ImageReadError(OSError):
@@ -125,8 +137,7 @@ def read_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
     :data:`MAX_IMAGE_PIXELS`, and any failure inside the decoder raise
     :class:`ImageReadError`.
     """
-    if color not in ("rgb", "bgr"):
-        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+    check_color(color)
     try:
         data = np.fromfile(os.fspath(path), dtype=np.uint8)
     except FileNotFoundError:

@@ -1,9 +1,10 @@
 """Training and evaluation engine: losses, sampler, trainer, inference."""
 
+from psapose.engine.checkpoints import atomic_save
 from psapose.engine.inference import Predictions, evaluate_predictions, predict
 from psapose.engine.loss import CombinedTargetMSELoss, KeypointMSELoss, build_loss
 from psapose.engine.sampler import EpochSampler
-from psapose.engine.trainer import Trainer, atomic_save, prepare_config
+from psapose.engine.trainer import Trainer
 
 __all__ = [
     "CombinedTargetMSELoss",
@@ -15,5 +16,4 @@ __all__ = [
     "build_loss",
     "evaluate_predictions",
     "predict",
-    "prepare_config",
 ]

@@ -10,6 +10,12 @@ Reading a training checkpoint checks its whole structure before anything is
 applied: a truncated, corrupt, tampered or junk file is a
 :class:`~psapose.checkpoint.CheckpointError` naming the file and the field, so
 ``resume=auto`` can set it aside and fall back to the older one.
+
+The trainer's state goes in and out here too: :func:`training_state` gathers what
+an exact resume needs (model, optimiser, scaler, position, RNG states, best score,
+fault counts) plus the config and the plain inference config
+(:meth:`psapose.runtime.RunSetup.inference_config`); :func:`save_checkpoint` writes
+it; :func:`resume` and :func:`restore_training_state` put it back.
 """
 
 from __future__ import annotations
@@ -21,12 +27,22 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from psapose.checkpoint import CheckpointError, load_checkpoint_file, with_checksum
+from psapose.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+    with_checksum,
+)
+from psapose.engine.faults import NonFiniteLossError
+
+if TYPE_CHECKING:
+    from psapose.engine.trainer import Trainer
 
 __all__ = [
     "LATEST",
@@ -36,9 +52,13 @@ __all__ = [
     "find_resume_checkpoint",
     "get_rng_state",
     "read_training_checkpoint",
+    "restore_training_state",
+    "resume",
     "resume_candidates",
+    "save_checkpoint",
     "set_aside",
     "set_rng_state",
+    "training_state",
 ]
 
 log = logging.getLogger("psapose")
@@ -175,6 +195,7 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "epoch_counters": (dict,),
     "bad_samples": (dict,),
     "config": (dict,),
+    "inference": (dict,),
     "best_ap": (float, int),
     "best_score": (float, int),
     "best_metric": (str,),
@@ -246,3 +267,116 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- training state
+def training_state(trainer: Trainer) -> dict[str, Any]:
+    """Everything an exact resume needs (and the inference config), as a checkpoint stores it."""
+    faults = trainer.faults
+    return {
+        "model": trainer.raw_model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "best_ap": trainer.best_ap,
+        "best_metric": trainer.best_metric,
+        "best_score": trainer.best_score,
+        "history": trainer.history,
+        "batch_in_epoch": trainer.batch_in_epoch,
+        "epoch_losses": list(trainer.epoch_losses),
+        "pending_eval": trainer.pending_eval,
+        "counters": dict(faults.counters),
+        "epoch_counters": dict(faults.epoch_counters),
+        "bad_samples": dict(faults.bad.samples),
+        "consecutive_nonfinite": faults.consecutive_nonfinite,
+        "rng": get_rng_state(),
+        "config": OmegaConf.to_container(trainer.cfg, resolve=True),
+        # Plain data: PoseEstimator.from_checkpoint builds from it without Hydra.
+        "inference": trainer.setup.inference_config(),
+    }
+
+
+def save_checkpoint(trainer: Trainer, name: str = LATEST) -> Path:
+    """Write a checkpoint (main rank); ``latest.pth`` keeps the one before as ``previous.pth``."""
+    path = trainer.output_dir / "checkpoints" / name
+    if trainer.dist.is_main:
+        bad = [k for k, p in trainer.raw_model.named_parameters() if not p.isfinite().all()]
+        if bad:
+            # Never replace a good checkpoint with broken weights.
+            raise NonFiniteLossError(
+                f"non-finite weights ({', '.join(bad[:3])}) at epoch {trainer.epoch} step "
+                f"{trainer.step}; {path} was not written, the previous checkpoints are kept"
+            )
+        keep = path.with_name(PREVIOUS) if name == LATEST else None
+        atomic_save(training_state(trainer), path, keep_previous=keep)
+    return path
+
+
+def resume(trainer: Trainer) -> None:
+    """Apply ``cfg.resume`` (a path, or ``auto``: the newest usable checkpoint) to ``trainer``."""
+    option = trainer.cfg.resume
+    if not option:
+        return
+    if option != "auto":
+        restore_training_state(trainer, read_training_checkpoint(Path(option)), Path(option))
+        return
+    candidates = resume_candidates(trainer.output_dir)
+    if not candidates:
+        log.info("resume=auto: no checkpoint in %s, starting fresh", trainer.output_dir)
+        return
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            state = read_training_checkpoint(path)
+            restore_training_state(trainer, state, path)
+        except UnsafeCheckpointError:
+            raise  # never skipped silently: someone put code where weights belong
+        except CheckpointError as err:
+            log.warning("resume=auto: cannot use %s: %s", path, err)
+            problems.append(str(err))
+            continue
+        if problems and trainer.dist.is_main:
+            # Renamed, not deleted (kept for inspection), so the next save cannot
+            # rotate a corrupt latest.pth into previous.pth over the good one.
+            for bad in candidates[: len(problems)]:
+                log.warning("resume=auto: moved the unusable %s to %s", bad, set_aside(bad))
+        return
+    raise CheckpointError(
+        f"resume=auto: no usable checkpoint in {trainer.output_dir / 'checkpoints'} "
+        f"({'; '.join(problems)}). Move them away to start from scratch, or pass resume=PATH."
+    )
+
+
+def restore_training_state(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """Apply a checkpoint read (and checked) by :func:`read_training_checkpoint`."""
+    batch_in_epoch = int(state.get("batch_in_epoch", 0))
+    if batch_in_epoch > trainer.sampler.num_batches():
+        raise CheckpointError(
+            f"{path}: stopped at batch {batch_in_epoch} of an epoch that now has "
+            f"{trainer.sampler.num_batches()}; resume with the same data and batch size"
+        )
+    try:
+        trainer.raw_model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except Exception as err:  # shapes, optimizer groups, RNG layout: all "does not fit"
+        raise CheckpointError(f"{path}: does not fit this model and config: {err}") from err
+    trainer.epoch, trainer.step = state["epoch"], state["step"]
+    trainer.best_ap = float(state.get("best_ap", -1.0))
+    if state.get("best_metric", "AP") == trainer.best_metric:
+        trainer.best_score = float(state.get("best_score", trainer.best_ap))
+    trainer.history = list(state.get("history", []))
+    trainer.batch_in_epoch = batch_in_epoch
+    trainer.epoch_losses = list(state.get("epoch_losses", []))
+    trainer.pending_eval = bool(state.get("pending_eval", False))
+    faults = trainer.faults
+    faults.counters.update(state.get("counters", {}))
+    faults.epoch_counters.update(state.get("epoch_counters", {}))
+    faults.bad.samples = {int(k): v for k, v in state.get("bad_samples", {}).items()}
+    faults.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+    log.info(
+        "resumed from %s at epoch %d, batch %d (step %d)",
+        path, trainer.epoch + 1, trainer.batch_in_epoch, trainer.step,
+    )  # fmt: skip

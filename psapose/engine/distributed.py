@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_gather_objects", "barrier", "cleanup", "setup_distributed"]
+from psapose.runtime import resolve_device_type
+
+__all__ = [
+    "DistInfo",
+    "all_gather_objects",
+    "barrier",
+    "cleanup",
+    "setup_distributed",
+    "sum_over_ranks",
+]
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,7 @@ def setup_distributed(device: str) -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device_type(device)  # auto: CUDA when there is one
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError("device=cuda but no CUDA device is available (use device=cpu)")
@@ -67,3 +75,13 @@ def all_gather_objects(obj: object) -> list[object]:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sum_over_ranks(values: list[int | bool], device: torch.device) -> list[int]:
+    """Sums of ``values`` over all ranks, in one all-reduce (the values themselves without
+    a process group): how every rank takes the same decision at the same step."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [int(v) for v in values]
+    tensor = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

@@ -16,11 +16,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from psapose.checkpoint import load_pose_checkpoint
-from psapose.config import build_model, input_size, selection_metric
+from psapose.config import build_model, selection_metric
 from psapose.data.builder import build_dataset, will_generate
 from psapose.data.coco import AnnotationFileNotFound
 from psapose.models.complexity import count_parameters, paper_convention_macs
-from psapose.runtime import check_runtime
+from psapose.runtime import check_runtime, run_setup
 from psapose.threads import resolve_workers, usable_cores
 
 __all__ = ["dry_run"]
@@ -29,13 +29,11 @@ __all__ = ["dry_run"]
 def dry_run(cfg: DictConfig, mode: str = "train") -> dict[str, Any]:
     """The checks of a ``train`` or ``test`` start-up; returns the facts as a dict whose
     ``"summary"`` is the text the tools print. Raises what the real run would raise."""
-    from psapose.engine.trainer import prepare_config
-
     if mode not in ("train", "test"):
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
-    cfg, spec, codec = prepare_config(cfg)
+    setup = run_setup(cfg)
+    cfg, codec, size = setup.cfg, setup.codec, setup.input_size
     device = check_runtime(cfg)
-    size = input_size(cfg)
     facts: dict[str, Any] = {"mode": mode, "device": device, "input_size": list(size)}
     lines = [f"dry run ({mode}): config valid; device {device}, precision {cfg.precision}"]
     world = int(os.environ.get("WORLD_SIZE", "1"))

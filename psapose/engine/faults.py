@@ -1,5 +1,8 @@
 """Faults a long run meets: stop signals, unreadable samples, non-finite losses.
 
+:class:`FaultCounts` keeps a run's account of them (what was skipped, per run and
+per epoch) and undoes a step whose loss is not finite.
+
 **Stop signals.** Schedulers pre-empt a job by sending SIGTERM to its whole
 process group (Slurm, ``timeout``, systemd, Kubernetes), and ``torchrun``
 forwards the one it gets to its ranks, so a rank can see SIGTERM twice and its
@@ -27,17 +30,28 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from psapose.data.types import Batch
+from psapose.engine.distributed import barrier
+
+if TYPE_CHECKING:
+    from psapose.engine.trainer import Trainer
 
 __all__ = [
     "BadSamples",
     "DataError",
+    "FaultCounts",
     "NonFiniteLossError",
     "StopSignals",
     "TrainingError",
     "TrainingInterrupted",
     "batches_until_stopped",
     "init_worker",
+    "stop_for_signal",
 ]
 
 log = logging.getLogger("psapose")
@@ -221,3 +235,113 @@ class BadSamples:
             f"{skipped} unreadable samples skipped "
             f"({len(self.samples)} distinct samples, {files} files)"
         )
+
+
+class FaultCounts:
+    """A run's fault accounting: skipped samples and non-finite steps, per run and per epoch.
+
+    Also guards a step against a non-finite loss: the model's buffers (BatchNorm
+    statistics) are snapshotted before each forward pass and put back when the
+    step is skipped; ``max_nonfinite_steps`` skipped in a row raise
+    :class:`NonFiniteLossError`.
+    """
+
+    def __init__(self, total_samples: int, max_bad_fraction: float, max_nonfinite: int) -> None:
+        self.counters = {"skipped_samples": 0, "nonfinite_steps": 0}  # whole run
+        self.epoch_counters = {"skipped_samples": 0, "nonfinite_steps": 0}
+        self.bad = BadSamples(total_samples, max_bad_fraction)
+        self.consecutive_nonfinite = 0
+        self.max_nonfinite = max_nonfinite
+        self._buffer_snapshot: list[torch.Tensor] | None = None
+
+    def unreadable_in(self, batch: Batch) -> tuple[int, list[tuple[int, str]]]:
+        """Rows of ``batch`` whose image could not be read, and those not seen before."""
+        if "valid" not in batch:
+            return 0, []
+        rows = (~batch["valid"].bool()).nonzero().flatten().tolist()
+        indices = [int(batch["index"][r]) for r in rows]
+        return len(rows), self.bad.new_in(indices, [batch["error"][r] for r in rows])
+
+    def count_skipped(self, rows: int) -> None:
+        self.counters["skipped_samples"] += rows
+        self.epoch_counters["skipped_samples"] += rows
+
+    def snapshot_buffers(self, model: nn.Module) -> None:
+        # BatchNorm statistics move in the forward pass: a NaN batch would poison them
+        # even though its optimiser step is skipped, so they are put back from here.
+        buffers = list(model.buffers())
+        if self._buffer_snapshot is None:
+            self._buffer_snapshot = [b.detach().clone() for b in buffers]
+            return
+        with torch.no_grad():
+            for saved, live in zip(self._buffer_snapshot, buffers, strict=True):
+                saved.copy_(live)
+
+    def skip_nonfinite_step(
+        self,
+        loss: float,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        where: str,
+        latest: Path,
+        announce: bool,
+    ) -> None:
+        """Undo the step's effects, count it, and stop past ``max_nonfinite`` in a row."""
+        optimizer.zero_grad(set_to_none=True)
+        if self._buffer_snapshot is not None:
+            with torch.no_grad():
+                for saved, live in zip(self._buffer_snapshot, model.buffers(), strict=True):
+                    live.copy_(saved)
+        self.consecutive_nonfinite += 1
+        self.counters["nonfinite_steps"] += 1
+        self.epoch_counters["nonfinite_steps"] += 1
+        limit = self.max_nonfinite
+        if announce:
+            log.warning(
+                "non-finite loss %s at %s: step skipped (%d in a row; the run stops at %d)",
+                loss, where, self.consecutive_nonfinite, limit,
+            )  # fmt: skip
+        if self.consecutive_nonfinite >= limit:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} non-finite losses in a row (the last {loss} at "
+                f"{where}), schedule.max_nonfinite_steps={limit}: stopping. The last good "
+                f"checkpoint is {latest if latest.is_file() else 'none (none was written yet)'}; "
+                "lower schedule.lr, set schedule.grad_clip, or check the data, then resume=auto."
+            )
+
+    def end_epoch(self) -> dict[str, int]:
+        """The finished epoch's counts; the next epoch's start at zero."""
+        counts, self.epoch_counters = self.epoch_counters, dict.fromkeys(self.epoch_counters, 0)
+        return counts
+
+    def summary(self) -> str:
+        """The run's faults in words ("" when there were none)."""
+        parts = []
+        if self.counters["skipped_samples"]:
+            parts.append(self.bad.summary(self.counters["skipped_samples"]))
+        if self.counters["nonfinite_steps"]:
+            parts.append(f"{self.counters['nonfinite_steps']} non-finite loss steps skipped")
+        return "; ".join(parts)
+
+
+def stop_for_signal(trainer: Trainer, write: bool) -> None:
+    """Stop a run for its agreed stop signal: checkpoint (``write``), say how to continue, raise
+    :class:`TrainingInterrupted`."""
+    signum = trainer.stop_signal or trainer.signals.signum or signal.SIGTERM
+    path = trainer.save() if write else trainer.output_dir / "checkpoints" / "latest.pth"
+    barrier()
+    if trainer.dist.is_main:
+        epochs = trainer.cfg.schedule.epochs
+        where = (
+            f"during the evaluation of epoch {trainer.epoch}/{epochs} (its "
+            "training is saved; a resumed run evaluates it first)"
+            if trainer.pending_eval
+            else f"at epoch {trainer.epoch + 1}/{epochs}, batch "
+            f"{trainer.batch_in_epoch}/{trainer.sampler.num_batches()}"
+        )
+        log.warning(
+            "%s received: stopped %s (step %d); checkpoint %s. "
+            "Continue with: tools/train.py <same overrides> output_dir=%s resume=auto",
+            signal.Signals(signum).name, where, trainer.step, path, trainer.output_dir,
+        )  # fmt: skip
+    raise TrainingInterrupted(signum, path, trainer.epoch, trainer.batch_in_epoch)

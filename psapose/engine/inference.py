@@ -17,6 +17,7 @@ from psapose.codecs import average_flip
 from psapose.data.coco import TopDownDataset
 from psapose.data.normalize import normalize_images
 from psapose.data.transforms import crop_to_image
+from psapose.data.types import Batch
 from psapose.engine.distributed import all_gather_objects
 from psapose.engine.faults import batches_until_stopped, init_worker
 from psapose.engine.sampler import EpochSampler
@@ -170,7 +171,7 @@ def predict(
     return Predictions.concatenate(gathered) if len(gathered) > 1 else local
 
 
-def _stoppable(batches: Iterator[dict], should_stop: Callable[[], bool] | None) -> Iterator[dict]:
+def _stoppable(batches: Iterator[Batch], should_stop: Callable[[], bool] | None) -> Iterator[Batch]:
     """The batches; workers that died with the process group after a stop signal end the
     evaluation as a stop (:class:`EvaluationStopped`), not as a crash."""
 
@@ -180,7 +181,7 @@ def _stoppable(batches: Iterator[dict], should_stop: Callable[[], bool] | None) 
     return batches_until_stopped(batches, should_stop or (lambda: False), stopped)
 
 
-def _progress(loader: DataLoader, progress: Any) -> Iterator[dict]:
+def _progress(loader: DataLoader, progress: Any) -> Iterator[Batch]:
     if progress is None:
         yield from loader
         return
@@ -226,15 +227,23 @@ def evaluate_predictions(
     return results, stats
 
 
-def pixel_stats(predictions: Predictions, dataset: TopDownDataset) -> Any:
+def pixel_stats(predictions: Predictions, dataset: TopDownDataset, warn: bool = False) -> Any:
     """EPE, RMSE and PCK in image pixels (:mod:`psapose.evaluation.pixel_metrics`), or None.
 
     Only where every crop is one annotated instance (ground-truth boxes): each prediction
     is then matched to its ground truth by dataset row. Detector boxes have no such match.
+    ``warn``: predictions it cannot score (NaN keypoints from a diverging model, during
+    training) are a warning and None instead of a :class:`PixelMetricsError`.
     """
-    from psapose.evaluation.pixel_metrics import evaluate_pixel_metrics
+    from psapose.evaluation.pixel_metrics import PixelMetricsError, evaluate_pixel_metrics
 
     instances = dataset.instances
     if not instances.has_annotations or not len(instances) or (instances.ann_ids < 0).any():
         return None
-    return evaluate_pixel_metrics(predictions, instances, dataset.spec.keypoints)
+    try:
+        return evaluate_pixel_metrics(predictions, instances, dataset.spec.keypoints)
+    except PixelMetricsError as err:
+        if not warn:
+            raise
+        log.warning("no pixel errors this epoch: %s", err)
+        return None

@@ -1,12 +1,14 @@
-"""A progress line for loops over batches: rate and ETA."""
+"""A progress line for loops over batches (rate and ETA), and the trainer's line per epoch."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "epoch_line"]
 
 log = logging.getLogger("psapose")
 
@@ -44,3 +46,24 @@ class Progress:
     def close(self) -> None:
         if self.tty:
             sys.stderr.write("\r" + self.line() + "\n")
+
+
+def epoch_line(
+    record: Mapping[str, Any],
+    stats: Mapping[str, float] | None,
+    epochs: int,
+    best_metric: str,
+    counters: Any,
+) -> str:
+    """``epoch 3/46 loss 1.2e-03 AP 0.4 (2 skipped samples)``: the epoch's loss, its AP and
+    the metric that picks best.pth when evaluated, and the fault counts that are not zero
+    (``counters``: :class:`~psapose.engine.faults.FaultCounts`, whose keys the record holds)."""
+    faults = ", ".join(
+        f"{record[k]} {k.replace('_', ' ')}" for k in counters.counters if record.get(k)
+    )
+    shown = [k for k in dict.fromkeys(("AP", best_metric)) if stats and k in stats]
+    scores = "".join(f" {k} {stats[k]:.4f}" for k in shown)
+    return (
+        f"epoch {record['epoch']}/{epochs} loss {record['loss']:.4e}{scores}"
+        f"{f' ({faults})' if faults else ''}"
+    )
