@@ -16,10 +16,10 @@ exit code   meaning
             ``checkpoints/latest.pth`` first
 ==========  ==============================================================================
 
-Tools wrap their work in :func:`error_contract`. The message is printed as
-``<tool>: error: <first line>`` (further lines, such as a checkpoint mismatch
-report, follow indented). ``PSAPOSE_TRACEBACK=1`` re-raises instead, for
-debugging.
+The tools (psapose/commands: ``psapose COMMAND`` or ``python tools/<tool>.py``) wrap their
+work in :func:`error_contract`. The message is printed as ``<tool>: error: <first line>``
+(further lines, such as a checkpoint mismatch report, follow indented).
+``PSAPOSE_TRACEBACK=1`` re-raises instead, for debugging.
 """
 
 from __future__ import annotations

@@ -118,10 +118,7 @@ def test_bad_overrides_are_named(overrides, message):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tool_ablate", ROOT / "tools" / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("psapose.commands.ablate")
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

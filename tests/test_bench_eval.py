@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+import psapose.benchmarks.eval as bench_eval
 
-import bench_eval  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def eval_args(*argv: str) -> argparse.Namespace:

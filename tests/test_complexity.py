@@ -12,11 +12,10 @@ import pytest
 from helpers import build
 from torch import nn
 
+from psapose.commands import flops
 from psapose.models.complexity import measure_complexity, paper_convention_macs, true_macs
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import flops  # noqa: E402
 
 
 def test_counters_on_a_known_network() -> None:

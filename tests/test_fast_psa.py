@@ -247,10 +247,7 @@ def test_whole_model_fast_equals_reference(index: int) -> None:
 
 
 def _benchmark_main():
-    spec = importlib.util.spec_from_file_location("psapose_benchmark", ROOT / "tools/benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return importlib.import_module("psapose.commands.benchmark").main
 
 
 TINY = ["model", "--backbones", "quickstart", "--input-sizes", "64x64", "--batch-size", "2"]

@@ -293,8 +293,7 @@ def test_oks_nms_on_device_matches_numpy() -> None:
 def test_evaluation_on_device_matches_the_per_instance_reference() -> None:
     """``tools/benchmark.py eval --device``: heatmaps, flip, decode and OKS-NMS on the device
     give HRNet's per-instance loop's people, order and AP table."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import bench_eval
+    import psapose.benchmarks.eval as bench_eval
 
     parser = argparse.ArgumentParser()
     bench_eval.register(parser.add_subparsers(dest="part"))

@@ -102,3 +102,90 @@ def test_train_py_stops_on_a_bad_config_key_with_its_name(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "unknown key schedule.lrr; allowed here: epochs, batch_size" in proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- the psapose command
+def _psapose(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``psapose ARGS`` as ``python -m psapose`` (the same ``main`` as the installed script)."""
+    return subprocess.run(
+        [sys.executable, "-m", "psapose", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def _tool(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, f"tools/{script}", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_psapose_help_lists_every_sub_command_and_imports_no_tool():
+    from psapose.commands import COMMANDS
+
+    proc = _psapose("--help")
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(COMMANDS)
+    for name in ("train", "test", "demo", "export", "convert", "benchmark", "ablate"):
+        assert name in listed
+    # Every tools/*.py is one sub-command's wrapper.
+    scripts = {c.script for c in COMMANDS.values() if c.script}
+    assert scripts == {p.name for p in (ROOT / "tools").glob("*.py")}
+    # The installed script (`make venv`, pip install -e .) prints the same.
+    installed = Path(sys.executable).with_name("psapose")
+    if installed.is_file():
+        same = subprocess.run([str(installed), "--help"], capture_output=True, text=True)
+        assert same.returncode == 0 and same.stdout == proc.stdout
+    # The dispatcher imports a sub-command's module only to run it: torch starts after
+    # prefer_passive_waiting(), in the module.
+    probe = "import sys, psapose.commands; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"  # fmt: skip
+    bad = _psapose("trian")
+    assert bad.returncode == 2 and bad.stderr.startswith("psapose: error: unknown command 'trian'")
+    assert _psapose().returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "script", "args"),
+    [
+        ("flops", "flops.py", ["--help"]),
+        ("benchmark", "benchmark.py", ["eval", "--help"]),
+        ("train", "train.py", ["--help"]),
+        ("eval-results", "eval_results.py", ["missing_gt.json", "missing_results.json"]),
+        ("train", "train.py", ["+schedule.lrr=1"]),
+    ],
+)
+def test_a_sub_command_equals_its_tools_wrapper(command, script, args):
+    """Help, output, the one-line error and the exit code are the tool's own."""
+    via_psapose, via_tool = _psapose(command, *args), _tool(script, *args)
+    assert via_psapose.returncode == via_tool.returncode
+    assert via_psapose.stdout == via_tool.stdout and via_psapose.stderr == via_tool.stderr
+    assert via_tool.stdout or via_tool.stderr
+
+
+def test_a_dry_run_through_psapose_equals_the_tools_wrapper(tmp_path):
+    """The Hydra sub-commands find configs/ from the package; the run folder follows the cwd."""
+    runs = {}
+    for name, run in (("psapose", _psapose), ("tool", _tool)):
+        out = tmp_path / name
+        args = ("experiment=quickstart", "dry_run=true", "device=cpu", f"output_dir={out}")
+        proc = run("train", *args) if name == "psapose" else run("train.py", *args)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        # Hydra's log lines begin with their time: compare what follows.
+        text = (proc.stdout + proc.stderr).replace(str(out), "OUT")
+        runs[name] = [line.split("]", 2)[-1] for line in text.splitlines()]
+        assert (out / "train.log").is_file() and (out / ".hydra" / "config.yaml").is_file()
+        assert not (out / "checkpoints").exists()
+    assert runs["psapose"] == runs["tool"] and any(
+        "nothing was run" in line for line in runs["tool"]
+    )
+
+
+def test_no_tool_touches_sys_path_and_every_tool_is_a_thin_wrapper():
+    for path in [*(ROOT / "tools").iterdir(), *(ROOT / "psapose").rglob("*.py")]:
+        if path.is_file():
+            assert "sys.path" not in path.read_text(), path
+    for path in (ROOT / "tools").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 12, f"{path}: a wrapper of psapose/commands"

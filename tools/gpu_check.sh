@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU check of psapose, in one call: CUDA tests, training-step and loop
 # throughput, a short train + evaluate run and a val2017-sized evaluation, written as
-# gpu_check.json and gpu_check.log in $OUT (or --out DIR). tools/gpu_check.py documents
-# each part and figure; every part has a time limit and a failing part never stops the rest.
+# gpu_check.json and gpu_check.log in $OUT (or --out DIR). psapose/commands/gpu_check.py
+# (its --help) documents each part and figure; every part has a time limit and a failing part
+# never stops the rest.
 #
 #   bash tools/gpu_check.sh                 # on the GPU machine, about 7 minutes at most
 #   bash tools/gpu_check.sh --cpu-small     # every part at tiny sizes on the CPU, first
@@ -68,6 +69,8 @@ if ! "$PY" -c "import hydra, omegaconf, pycocotools" 2>/dev/null; then
         --target "$SITE" .whl/*.whl || exit 2
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# psapose is not installed there: the tools (thin wrappers of psapose/commands) and the parts'
+# own processes import the package from this checkout.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 exec "$PY" tools/gpu_check.py "${ARGS[@]}"

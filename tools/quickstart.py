@@ -1,88 +1,11 @@
 #!/usr/bin/env python
-"""Quick start: train the small HRNet + PSA on the synthetic dataset on the CPU, then evaluate.
+"""Quick start: train the small HRNet + PSA on the synthetic data on the CPU, then evaluate.
 
-    python tools/quickstart.py                        # what `make quickstart` runs
-    python tools/quickstart.py schedule.epochs=5      # any config override
-
-Writes the synthetic dataset to data/synthetic on first use. Trains the
-`experiment=quickstart` preset, evaluates on the synthetic val split (detector
-boxes, flip test, OKS-NMS), and prints the AP table. The run directory in
-runs/ receives the checkpoints, TensorBoard logs and predictions.png.
+The same as ``psapose quickstart``; the code and its help (``--help``):
+psapose/commands/quickstart.py.
 """
 
-from __future__ import annotations
-
-import logging
-import sys
-import time
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from psapose.threads import prefer_passive_waiting  # noqa: E402
-
-prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
-
-from psapose.cli import check_overrides, error_contract, log_into_output_dir  # noqa: E402
-from psapose.config import input_size  # noqa: E402
-from psapose.data.builder import ensure_generated  # noqa: E402
-from psapose.engine.trainer import Trainer  # noqa: E402
-from psapose.evaluation import format_table  # noqa: E402
-from psapose.models import attention_blocks  # noqa: E402
-from psapose.models.complexity import count_parameters, paper_convention_macs  # noqa: E402
-
-log = logging.getLogger("quickstart")
-START = time.perf_counter()
-
-
-@hydra.main(config_path="../configs", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    # The same contract as tools/train.py: one line and exit 2 for bad input, 3 for a guard,
-    # 4 for a full disk, 143 after SIGTERM with a resumable checkpoint (docs/reliability.md).
-    with error_contract("quickstart", log.error):
-        generated = ensure_generated(cfg.data)
-        if generated:
-            log.info(
-                "synthetic dataset written to %s in %.1f s", cfg.data.root, generated["seconds"]
-            )
-        trainer = Trainer(cfg, output_dir)
-        _describe(trainer)
-        result = trainer.fit()
-    stats = result["stats"]
-    wall = time.perf_counter() - START
-    if stats:
-        print(f"\nsynthetic val AP ({cfg.eval.split}, detector boxes, flip test):")
-        print(format_table(stats))
-    print(f"\ntrained and evaluated in {wall:.0f} s (training {result['seconds']:.0f} s)")
-    print(f"run directory: {output_dir}")
-    print(f"  predictions: {output_dir / 'predictions.png'}")
-    print(f"  checkpoints: {output_dir / 'checkpoints'}")
-    print(f"  TensorBoard: tensorboard --logdir {output_dir / 'tb'}")
-
-
-def _describe(trainer: Trainer) -> None:
-    model = trainer.raw_model
-    size = input_size(trainer.cfg)
-    log.info(
-        "model %s + %s: %s parameters, %.3f GFLOPs at %dx%d, attention in %d blocks; "
-        "%d training people, %d val boxes, %d epochs",
-        type(model).__name__, trainer.cfg.attention.kind if "kind" in trainer.cfg.attention else "",
-        f"{count_parameters(model):,}", paper_convention_macs(model, size) / 2**30, *size,
-        len(attention_blocks(model)), len(trainer.train_set),
-        len(trainer.val_set) if trainer.val_set is not None else 0, trainer.cfg.schedule.epochs,
-    )  # fmt: skip
-
+from psapose.commands.quickstart import main
 
 if __name__ == "__main__":
-    # The quick-start preset unless the command line picks another experiment.
-    if not any(arg.startswith(("experiment=", "+experiment=")) for arg in sys.argv[1:]):
-        sys.argv.insert(1, "experiment=quickstart")
-    # Hydra's own errors (unknown key or option) as one line and exit 2, before Hydra runs.
-    check_overrides("quickstart", sys.argv[1:])
-    sys.argv[1:] = log_into_output_dir(sys.argv[1:])  # train.log beside the checkpoints
-    main()
+    raise SystemExit(main())

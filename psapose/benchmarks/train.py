@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from psapose.checkpoint import load_checkpoint_file
+from psapose.threads import usable_cores
 
-from psapose.checkpoint import load_checkpoint_file  # noqa: E402
-from psapose.threads import usable_cores  # noqa: E402
+# The repository: the runs are `python tools/train.py` there, writing data/synthetic as the
+# quick start does (an editable install, as `make venv` makes).
+ROOT = Path(__file__).resolve().parents[2]
 
 MODES = ("psapose", "fixed")
 

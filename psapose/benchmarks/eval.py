@@ -22,7 +22,7 @@ Two paths run on the same heatmaps, chunk by chunk, interleaved:
 * reference: a per-instance NumPy loop in the style of the official HRNet code
   (``flip_back``, ``get_final_preds`` with the per-joint DARK / DARK-UDP / quarter-pixel
   step, ``transform_preds``, the rescoring loop of ``COCODataset.evaluate`` and
-  ``oks_nms`` per image) and stock pycocotools.
+  ``oks_nms`` per image; the ports in ``psapose.evaluation.reference``) and stock pycocotools.
 
 The two must give the same keypoints (the maximum difference is reported) and the
 same 10 AP/AR numbers. ``--reference-fraction`` runs the reference on a
@@ -40,33 +40,35 @@ and the greedy OKS-NMS of all images runs on the GPU too (``--nms-device``; see
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import math
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from psapose.codecs import DarkHeatmap, MSRAHeatmap, UDPHeatmap, average_flip  # noqa: E402
-from psapose.data import load_keypoint_spec  # noqa: E402
-from psapose.data.transforms import box_to_center_scale, crop_to_image  # noqa: E402
-from psapose.evaluation import (  # noqa: E402
+from psapose.codecs import DarkHeatmap, MSRAHeatmap, UDPHeatmap, average_flip
+from psapose.data import load_keypoint_spec
+from psapose.data.transforms import box_to_center_scale, crop_to_image
+from psapose.evaluation import (
     COCO_SIGMAS,
     STAT_NAMES,
     evaluate_keypoints,
 )
-from psapose.evaluation.device import keypoint_results_on_device  # noqa: E402
+from psapose.evaluation.device import keypoint_results_on_device
+from psapose.evaluation.reference import (
+    REF_DECODERS,
+    hrnet_flip_back,
+    ref_cocoeval,
+    ref_evaluate,
+    ref_to_input,
+    ref_transform_preds,
+)
 
 CODECS = {"udp": UDPHeatmap, "dark": DarkHeatmap, "msra": MSRAHeatmap}
 STAGES = ("flip", "decode", "to_image", "rescore_nms", "cocoeval")
@@ -309,252 +311,6 @@ def _noise_bank(device: torch.device | str = "cpu") -> torch.Tensor:
     return _NOISE[key]
 
 
-# ============================================================================ the reference
-# Per-instance ports of the official code: HRNet (leoxiaobin/deep-high-resolution-net.pytorch)
-# lib/core/inference.py, lib/utils/transforms.py, lib/dataset/coco.py and lib/nms/nms.py;
-# DarkPose's taylor(); mmpose's gaussian_blur and refine_keypoints_dark_udp.
-
-
-def ref_flip_back(output_flipped: np.ndarray, flip_pairs, shift: bool) -> np.ndarray:
-    """HRNet flip_back for one instance (K, H, W), then the flip-test shift."""
-    out = output_flipped[:, :, ::-1].copy()
-    for a, b in flip_pairs:
-        tmp = out[a].copy()
-        out[a] = out[b]
-        out[b] = tmp
-    if shift:
-        out[:, :, 1:] = out.copy()[:, :, 0:-1]
-    return out
-
-
-def ref_max_preds(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """HRNet get_max_preds for one instance (K, H, W): integer peaks (0 where max <= 0)."""
-    k, _, width = heatmaps.shape
-    flat = heatmaps.reshape((k, -1))
-    idx = np.argmax(flat, 1)
-    maxvals = np.amax(flat, 1)
-    preds = np.stack((idx % width, np.floor(idx / width)), axis=1).astype(np.float32)
-    preds *= (maxvals > 0.0)[:, None]
-    return preds, maxvals
-
-
-def ref_blur(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
-    """mmpose/DarkPose gaussian_blur (zero padding, rescaled to each map's maximum), float64."""
-    heatmaps = heatmaps.astype(np.float64)
-    border = (kernel - 1) // 2
-    k, h, w = heatmaps.shape
-    for j in range(k):
-        origin_max = np.max(heatmaps[j])
-        dr = np.zeros((h + 2 * border, w + 2 * border))
-        dr[border:-border, border:-border] = heatmaps[j].copy()
-        dr = cv2.GaussianBlur(dr, (kernel, kernel), 0)
-        heatmaps[j] = dr[border:-border, border:-border].copy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            heatmaps[j] *= origin_max / np.max(heatmaps[j])
-    return heatmaps
-
-
-def ref_decode_msra(hm: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
-    """HRNet get_final_preds post-processing: a quarter pixel toward the higher neighbour."""
-    coords, maxvals = ref_max_preds(hm)
-    _, height, width = hm.shape
-    for p in range(len(coords)):
-        px = int(math.floor(coords[p][0] + 0.5))
-        py = int(math.floor(coords[p][1] + 0.5))
-        if maxvals[p] > 0 and 1 < px < width - 1 and 1 < py < height - 1:
-            m = hm[p]
-            diff = np.array([m[py][px + 1] - m[py][px - 1], m[py + 1][px] - m[py - 1][px]])
-            coords[p] += np.sign(diff) * 0.25
-    return coords.astype(np.float64), maxvals
-
-
-def ref_decode_dark(hm: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
-    """DarkPose get_final_preds: blur, log(max(hm, 1e-10)), taylor() per joint."""
-    coords, maxvals = ref_max_preds(hm)
-    coords = coords.astype(np.float64)
-    logs = np.log(np.maximum(ref_blur(hm, kernel), 1e-10))
-    _, height, width = hm.shape
-    for p in range(len(coords)):
-        h = logs[p]
-        px, py = int(coords[p][0]), int(coords[p][1])
-        if maxvals[p] > 0 and 1 < px < width - 2 and 1 < py < height - 2:
-            dx = 0.5 * (h[py][px + 1] - h[py][px - 1])
-            dy = 0.5 * (h[py + 1][px] - h[py - 1][px])
-            dxx = 0.25 * (h[py][px + 2] - 2 * h[py][px] + h[py][px - 2])
-            dxy = 0.25 * (h[py + 1][px + 1] - h[py - 1][px + 1] - h[py + 1][px - 1] + h[py - 1][px - 1])  # fmt: skip
-            dyy = 0.25 * (h[py + 2][px] - 2 * h[py][px] + h[py - 2][px])
-            if dxx * dyy - dxy**2 != 0:
-                hessian = np.array([[dxx, dxy], [dxy, dyy]])
-                coords[p] += (-np.linalg.inv(hessian) @ np.array([[dx], [dy]]))[:, 0]
-    return coords, maxvals
-
-
-def ref_decode_udp(hm: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
-    """mmpose refine_keypoints_dark_udp per joint (blur, clip, log, edge pad, Newton step)."""
-    coords, maxvals = ref_max_preds(hm)
-    coords = coords.astype(np.float64)
-    logs = np.log(np.clip(ref_blur(hm, kernel), 1e-3, 50.0))
-    padded = np.pad(logs, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    eps = np.finfo(np.float32).eps * np.eye(2)
-    for p in range(len(coords)):
-        if maxvals[p] <= 0:
-            continue
-        m = padded[p]
-        x, y = int(coords[p][0]) + 1, int(coords[p][1]) + 1
-        i_, ix1, iy1, ix1y1 = m[y, x], m[y, x + 1], m[y + 1, x], m[y + 1, x + 1]
-        ix1_y1_, ix1_, iy1_ = m[y - 1, x - 1], m[y, x - 1], m[y - 1, x]
-        dx = 0.5 * (ix1 - ix1_)
-        dy = 0.5 * (iy1 - iy1_)
-        dxx = ix1 - 2 * i_ + ix1_
-        dyy = iy1 - 2 * i_ + iy1_
-        dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
-        hessian = np.array([[dxx, dxy], [dxy, dyy]]) + eps
-        if np.linalg.det(hessian) != 0:
-            coords[p] -= np.linalg.inv(hessian) @ np.array([dx, dy])
-    return coords, maxvals
-
-
-REF_DECODERS = {"udp": ref_decode_udp, "dark": ref_decode_dark, "msra": ref_decode_msra}
-
-
-def ref_to_input(coords, input_size, heatmap_size, udp: bool) -> np.ndarray:
-    """Heatmap -> input-crop pixels, rounded to float32 where psapose's ``codec.decode`` rounds.
-
-    HRNet keeps float32 coordinates in heatmap and image pixels; psapose returns them
-    in float32 input-crop pixels. Rounding at the same place keeps the two paths'
-    keypoints within float64 noise, so no OKS match can flip between them.
-    """
-    size_in, size_hm = np.asarray(input_size, float), np.asarray(heatmap_size, float)
-    num, den = (size_hm - 1, size_in - 1) if udp else (size_hm, size_in)
-    return (coords * den / num).astype(np.float32).astype(np.float64)
-
-
-def ref_transform_preds(coords, center, scale, output_size, udp: bool) -> np.ndarray:
-    """HRNet transform_preds: each joint through the inverse affine, one at a time."""
-    target = np.zeros(coords.shape)
-    trans = _exact_affine(center, scale, output_size, udp)
-    for p in range(coords.shape[0]):
-        target[p, 0:2] = np.dot(trans, np.array([coords[p, 0], coords[p, 1], 1.0]))
-    return target
-
-
-def _exact_affine(center, scale, output_size, udp: bool) -> np.ndarray:
-    # HRNet builds the matrix with cv2.getAffineTransform on float32 points, which rounds
-    # it to ~1e-5 px; the same map from the centre and scale in float64, as crop_to_image.
-    w_out, h_out = output_size
-    if udp:
-        sx, sy = scale[0] / (w_out - 1.0), scale[1] / (h_out - 1.0)
-        ox, oy = center[0] - scale[0] * 0.5, center[1] - scale[1] * 0.5
-    else:
-        sx = sy = scale[0] / w_out
-        ox, oy = center[0] - w_out * 0.5 * sx, center[1] - h_out * 0.5 * sy
-    return np.array([[sx, 0.0, ox], [0.0, sy, oy]])
-
-
-def ref_oks_iou(g, d, a_g, a_d, sigmas, in_vis_thre=None):
-    """HRNet lib/nms/nms.py oks_iou."""
-    variances = (sigmas * 2) ** 2
-    xg, yg, vg = g[0::3], g[1::3], g[2::3]
-    ious = np.zeros(d.shape[0])
-    for n_d in range(0, d.shape[0]):
-        xd, yd, vd = d[n_d, 0::3], d[n_d, 1::3], d[n_d, 2::3]
-        dx = xd - xg
-        dy = yd - yg
-        e = (dx**2 + dy**2) / variances / ((a_g + a_d[n_d]) / 2 + np.spacing(1)) / 2
-        if in_vis_thre is not None:
-            e = e[list((vg > in_vis_thre) & (vd > in_vis_thre))]
-        ious[n_d] = np.sum(np.exp(-e)) / e.shape[0] if e.shape[0] != 0 else 0.0
-    return ious
-
-
-def ref_oks_nms(kpts_db, thresh, sigmas):
-    """HRNet lib/nms/nms.py oks_nms."""
-    if len(kpts_db) == 0:
-        return []
-    scores = np.array([kpts_db[i]["score"] for i in range(len(kpts_db))])
-    kpts = np.array([kpts_db[i]["keypoints"].flatten() for i in range(len(kpts_db))])
-    areas = np.array([kpts_db[i]["area"] for i in range(len(kpts_db))])
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        oks_ovr = ref_oks_iou(kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas)
-        inds = np.where(oks_ovr <= thresh)[0]
-        order = order[inds + 1]
-    return keep
-
-
-def ref_evaluate(preds, areas, box_scores, image_ids, sigmas) -> list[dict]:
-    """HRNet COCODataset.evaluate up to the results list (in_vis_thre 0.2, oks_thre 0.9)."""
-    num_joints, in_vis_thre, oks_thre = preds.shape[1], 0.2, 0.9
-    kpts = defaultdict(list)
-    for idx, kpt in enumerate(preds):
-        kpts[int(image_ids[idx])].append(
-            {
-                "keypoints": kpt,
-                "area": areas[idx],
-                "score": box_scores[idx],
-                "image": image_ids[idx],
-            }
-        )
-    oks_nmsed_kpts = []
-    for img in kpts.keys():
-        img_kpts = kpts[img]
-        for n_p in img_kpts:
-            box_score = n_p["score"]
-            kpt_score = 0
-            valid_num = 0
-            for n_jt in range(0, num_joints):
-                # HRNet's prediction array is float32: its scores sum in float32.
-                t_s = np.float32(n_p["keypoints"][n_jt][2])
-                if t_s > in_vis_thre:
-                    kpt_score = kpt_score + t_s
-                    valid_num = valid_num + 1
-            if valid_num != 0:
-                kpt_score = kpt_score / valid_num
-            n_p["score"] = kpt_score * box_score
-        keep = ref_oks_nms(list(img_kpts), oks_thre, sigmas)
-        if len(keep) == 0:
-            oks_nmsed_kpts.append(img_kpts)
-        else:
-            oks_nmsed_kpts.append([img_kpts[_keep] for _keep in keep])
-    results = []
-    for img_kpts in oks_nmsed_kpts:
-        _key_points = np.array([img_kpts[k]["keypoints"] for k in range(len(img_kpts))])
-        key_points = np.zeros((_key_points.shape[0], num_joints * 3), dtype=np.float64)
-        for ipt in range(num_joints):
-            key_points[:, ipt * 3 + 0] = _key_points[:, ipt, 0]
-            key_points[:, ipt * 3 + 1] = _key_points[:, ipt, 1]
-            key_points[:, ipt * 3 + 2] = _key_points[:, ipt, 2]
-        results.extend(
-            {
-                "image_id": int(img_kpts[k]["image"]),
-                "category_id": 1,
-                "keypoints": list(key_points[k]),
-                "score": float(img_kpts[k]["score"]),
-            }
-            for k in range(len(img_kpts))
-        )
-    return results
-
-
-def ref_cocoeval(gt_file: Path, results: list[dict]) -> dict[str, float]:
-    """Stock pycocotools, as HRNet's _do_python_keypoint_eval (the results written to JSON)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(gt_file))
-        coco_dt = coco.loadRes(results)
-        coco_eval = COCOeval(coco, coco_dt, "keypoints")
-        coco_eval.params.useSegm = None
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
-
-
 # ============================================================================ the benchmark
 def run_eval(args: argparse.Namespace) -> dict:
     """Build the instance, run both paths chunk by chunk and compare them (see the module doc)."""
@@ -630,7 +386,8 @@ def run_eval(args: argparse.Namespace) -> dict:
             hm_size, in_size = codec.heatmap_size[::-1], codec.input_size[::-1]
             for i, j in zip(chosen_rows, local, strict=True):
                 t0 = time.perf_counter()
-                avg = (original_np[j] + ref_flip_back(flipped_np[j], flip_pairs, codec.flip_shift)) * 0.5  # fmt: skip
+                back = hrnet_flip_back(flipped_np[j][None], flip_pairs, codec.flip_shift)[0]
+                avg = (original_np[j] + back) * 0.5
                 t1 = time.perf_counter()
                 coords, maxvals = ref_decode(avg, kernel)
                 t2 = time.perf_counter()
@@ -678,7 +435,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         ref_results = ref_evaluate(
             ref_preds[ref_rows], areas[ref_rows], inst.det_scores[ref_rows], image_ids[ref_rows],
-            COCO_SIGMAS,
+            COCO_SIGMAS, score_dtype=np.float32,  # HRNet sums float32 scores
         )  # fmt: skip
         t1 = time.perf_counter()
         ref_stats = _ref_stats(

@@ -49,11 +49,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from psapose.config import CONFIG_DIR, build_model, compose_config  # noqa: E402
-from psapose.engine.trainer import fused_optimizer_supported  # noqa: E402
-from psapose.models.attention import PolarizedSelfAttention, set_fast_psa  # noqa: E402
+from psapose.config import CONFIG_DIR, build_model, compose_config
+from psapose.engine.components import fused_optimizer_supported
+from psapose.models.attention import PolarizedSelfAttention, set_fast_psa
 
 BACKBONES = ("hrnet_w32", "hrnet_w48", "resnet50", "resnet101", "resnet152")
 ATTENTIONS = ("none", "psa_parallel", "psa_sequential")
@@ -362,7 +360,7 @@ def peak_memory(config: Config, args: argparse.Namespace) -> dict[str, float]:
     for mode in args.modes:  # a fresh process per mode: nothing cached from another
         spec = {"config": asdict(config), "args": _probe_args(args), "mode": mode}
         result = subprocess.run(
-            [sys.executable, __file__, "--memory-probe", json.dumps(spec)],
+            [sys.executable, "-m", "psapose.benchmarks.model", "--memory-probe", json.dumps(spec)],
             capture_output=True,
             text=True,
             check=False,
