@@ -67,9 +67,10 @@ def val_crops(estimator: PoseEstimator, run: Path, count: int) -> list[tuple[str
     from omegaconf import OmegaConf
 
     from psapose.data.builder import load_split
-    from psapose.runtime import prepare_config
+    from psapose.runtime import run_setup
 
-    cfg, spec, _ = prepare_config(OmegaConf.load(run / "config.yaml"))
+    setup = run_setup(OmegaConf.load(run / "config.yaml"))
+    cfg, spec = setup.cfg, setup.spec
     h, w = estimator.input_size
     try:
         inst = load_split(cfg.data, "val", spec, w / h)

@@ -36,7 +36,7 @@ prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before tor
 
 from psapose.checkpoint import load_pose_checkpoint  # noqa: E402
 from psapose.cli import check_overrides, error_contract, exit_on_signals, log_into_output_dir  # noqa: E402
-from psapose.config import CONFIG_DIR, ConfigError, build_model, input_size  # noqa: E402
+from psapose.config import CONFIG_DIR, ConfigError, build_model  # noqa: E402
 from psapose.data.builder import build_dataset  # noqa: E402
 from psapose.engine.distributed import cleanup, setup_distributed  # noqa: E402
 from psapose.engine.dry_run import dry_run  # noqa: E402
@@ -49,7 +49,7 @@ from psapose.evaluation import (  # noqa: E402
     write_test_dev_results,
 )
 from psapose.run_folder import config_from_run, run_checkpoint  # noqa: E402
-from psapose.runtime import check_runtime, prepare_config  # noqa: E402
+from psapose.runtime import check_runtime, run_setup  # noqa: E402
 from psapose.threads import ThreadPolicy, resolve_workers  # noqa: E402
 
 log = logging.getLogger("test")
@@ -80,10 +80,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         facts = dry_run(cfg, "test")
         log.info("%s", facts["summary"])
         return facts
-    cfg, spec, codec = prepare_config(cfg)
+    setup = run_setup(cfg)
+    cfg, codec = setup.cfg, setup.codec
     check_runtime(cfg)
     dist, device = setup_distributed(cfg.device)
-    size = input_size(cfg)
+    size = setup.input_size
     split = cfg.eval.split
     dataset = build_dataset(cfg.data, split, size, augment=False, udp=codec.use_udp)
     threads = ThreadPolicy(cfg.threads, fixed=bool(cfg.deterministic))

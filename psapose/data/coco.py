@@ -41,6 +41,7 @@ from psapose.data.transforms import (
     warp_image,
 )
 from psapose.data.types import CropSample, Sample
+from psapose.evaluation.coco_eval import keypoint_category
 
 __all__ = [
     "AnnotationError",
@@ -178,12 +179,8 @@ def _keypoint_category(data: dict, source: str, num_keypoints: int, category_id:
                 f"the file has {ids}"
             )
     else:
-        with_kps = [c for c in cats if len(c.get("keypoints") or []) == num_keypoints]
-        if len(with_kps) == 1:
-            chosen = with_kps[0]
-        elif len(cats) == 1:
-            chosen = cats[0]
-        else:
+        chosen = keypoint_category(cats, num_keypoints)
+        if chosen is None:
             return 1  # COCO's person
     names = chosen.get("keypoints") if chosen is not None else None
     if isinstance(names, list) and names and len(names) != num_keypoints:

@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_keypoints",
     "format_table",
     "ground_truth_results",
+    "keypoint_category",
     "keypoint_results",
     "load_results",
     "rescore",
@@ -323,16 +324,28 @@ def _read_coco(gt: Any):
         return COCO(str(path))
 
 
+def keypoint_category(categories: Any, num_keypoints: int | None = None) -> dict | None:
+    """The keypoint category of a COCO file's ``categories`` list, psapose's one rule.
+
+    The one category whose keypoint list fits: exactly ``num_keypoints`` names when the
+    count is known (a loader with a keypoint spec), any names otherwise; else the file's
+    only category; else None, which callers read as COCO's person (id 1).
+    """
+    cats = [c for c in categories or [] if isinstance(c, dict)]
+    if num_keypoints is None:
+        fits = [c for c in cats if c.get("keypoints")]
+    else:
+        fits = [c for c in cats if len(c.get("keypoints") or []) == num_keypoints]
+    if len(fits) == 1:
+        return fits[0]
+    return cats[0] if len(cats) == 1 else None
+
+
 def _keypoint_category(dataset: dict, category_id: int | None) -> int:
     if category_id is not None:
         return int(category_id)
-    cats = [c for c in dataset.get("categories") or [] if isinstance(c, dict)]
-    with_kps = [c for c in cats if c.get("keypoints")]
-    if len(with_kps) == 1:
-        return int(with_kps[0]["id"])
-    if len(cats) == 1:
-        return int(cats[0]["id"])
-    return 1
+    chosen = keypoint_category(dataset.get("categories"))
+    return 1 if chosen is None else int(chosen["id"])
 
 
 def ground_truth_results(ann_file: Any, category_id: int | None = None) -> list[dict]:
