@@ -15,10 +15,14 @@ time slices; OpenMP threads that spin while they wait make it worse. So:
   fixes the number, and ``deterministic=true`` keeps the process's own count (a
   fixed count keeps float reductions bit-reproducible, and an exact resume needs
   the same count as the run it continues);
-* OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, set by the tools
-  before torch starts, :func:`prefer_passive_waiting`), and OpenCV runs without a
-  thread pool of its own, in the main process and the DataLoader workers it forks
-  (:func:`single_threaded_opencv`; PyTorch runs each worker with one torch thread).
+* OpenCV runs without a thread pool of its own, in the main process and the
+  DataLoader workers it forks (:func:`single_threaded_opencv`; PyTorch runs each
+  worker with one torch thread);
+* OpenMP keeps its own wait policy (spinning briefly, then sleeping). Measured
+  (docs/benchmarks.md, 2026-12-07): forcing ``OMP_WAIT_POLICY=PASSIVE`` cost 9% on
+  a quiet machine and 16% beside a busy process, where the thread count has already
+  dropped to one; the re-choice of the thread count is what earns the gain under
+  load. A user's ``OMP_WAIT_POLICY`` is left alone and logged.
 """
 
 from __future__ import annotations
@@ -35,18 +39,10 @@ __all__ = [
     "single_threaded_opencv",
     "busy_cores_of_others",
     "cgroup_quota",
-    "prefer_passive_waiting",
     "usable_cores",
 ]
 
 log = logging.getLogger("psapose")
-
-
-def prefer_passive_waiting() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless set: waiting OpenMP threads sleep instead of
-    spinning. Only effective before torch's OpenMP runtime starts (the tools call this
-    first thing); a user's own setting wins."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _affinity() -> set[int]:

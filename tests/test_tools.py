@@ -137,8 +137,8 @@ def test_psapose_help_lists_every_sub_command_and_imports_no_tool():
     if installed.is_file():
         same = subprocess.run([str(installed), "--help"], capture_output=True, text=True)
         assert same.returncode == 0 and same.stdout == proc.stdout
-    # The dispatcher imports a sub-command's module only to run it: torch starts after
-    # prefer_passive_waiting(), in the module.
+    # The dispatcher imports a sub-command's module only to run it: `psapose --help` stays
+    # instant and a module's environment settings come before torch starts.
     probe = "import sys, psapose.commands; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"  # fmt: skip

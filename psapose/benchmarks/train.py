@@ -13,9 +13,11 @@ rate, as the trainer records it in its history.
 Modes, each a way to set the same run's threads:
 
 * ``psapose``: the defaults (threads and workers chosen from the usable cores and
-  re-chosen from the load, OpenMP threads waiting passively);
-* ``fixed``: what psapose did before: ``threads=<cores> workers=2`` and OpenMP's
-  own wait policy (spinning for a while before sleeping).
+  re-chosen from the load);
+* ``fixed``: what psapose did before: ``threads=<cores> workers=2``.
+
+Both run with OpenMP's own wait policy (spinning for a while before sleeping): a
+user's ``OMP_WAIT_POLICY`` is not passed on, so every mode measures the same runtime.
 
 The report gives each rate, its ratio to the same mode's quiet rate (fair share
 beside one busy process on 2 cores: 0.5), and the quiet rate of ``psapose``
@@ -78,10 +80,9 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def _mode(mode: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
-    if mode == "fixed":
-        env["OMP_WAIT_POLICY"] = ""  # set: the tools leave it alone; empty: OpenMP's default
-        return [f"threads={usable_cores()}", "workers=2"], env
     env.pop("OMP_WAIT_POLICY", None)
+    if mode == "fixed":
+        return [f"threads={usable_cores()}", "workers=2"], env
     return [], env
 
 

@@ -8,8 +8,8 @@
 ``psapose SUB ARGS`` runs exactly as ``python tools/<tool>.py ARGS`` (``tools/*.py`` are
 thin wrappers of the modules here): the same output, exit codes and one-line errors
 (``<tool>: error: ...``, docs/reliability.md). A sub-command's module is imported only
-when it runs: the ones that set OpenMP's waiting policy must do it before torch starts
-(psapose.threads.prefer_passive_waiting), and ``psapose --help`` stays instant.
+when it runs, so ``psapose --help`` stays instant and a command's environment settings
+(``OMP_NUM_THREADS`` and the like) are read by torch as with the tools/ script.
 """
 
 from __future__ import annotations

@@ -40,18 +40,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from psapose.threads import prefer_passive_waiting
-
-prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
-
-from psapose.api import PoseEstimator, Poses, as_boxes, image_paths, resolve_device  # noqa: E402
-from psapose.cli import error_contract, exit_on_signals  # noqa: E402
-from psapose.data.coco import read_json  # noqa: E402
-from psapose.data.labels_csv import write_pose_csv  # noqa: E402
-from psapose.data.transforms import ImageReadError, read_image  # noqa: E402
-from psapose.evaluation import keypoint_results, write_results  # noqa: E402
-from psapose.threads import ThreadPolicy  # noqa: E402
-from psapose.visualize import draw_poses  # noqa: E402
+from psapose.api import PoseEstimator, Poses, as_boxes, image_paths, resolve_device
+from psapose.cli import error_contract, exit_on_signals
+from psapose.data.coco import read_json
+from psapose.data.labels_csv import write_pose_csv
+from psapose.data.transforms import ImageReadError, read_image
+from psapose.evaluation import keypoint_results, write_results
+from psapose.threads import ThreadPolicy
+from psapose.visualize import draw_poses
 
 log = logging.getLogger("demo")
 

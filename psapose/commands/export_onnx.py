@@ -30,14 +30,10 @@ import time
 import numpy as np
 import torch
 
-from psapose.threads import prefer_passive_waiting
-
-prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
-
-from psapose.api import PoseEstimator, image_paths  # noqa: E402
-from psapose.cli import error_contract, exit_on_signals  # noqa: E402
-from psapose.data.transforms import read_image  # noqa: E402
-from psapose.export import (  # noqa: E402
+from psapose.api import PoseEstimator, image_paths
+from psapose.cli import error_contract, exit_on_signals
+from psapose.data.transforms import read_image
+from psapose.export import (
     check_onnx,
     export_onnx,
     onnx_session,

@@ -20,17 +20,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from psapose.threads import prefer_passive_waiting
-
-prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
-
-from psapose.cli import check_overrides, error_contract, log_into_output_dir  # noqa: E402
-from psapose.config import CONFIG_DIR, input_size  # noqa: E402
-from psapose.data.builder import ensure_generated  # noqa: E402
-from psapose.engine.trainer import Trainer  # noqa: E402
-from psapose.evaluation import format_table  # noqa: E402
-from psapose.models import attention_blocks  # noqa: E402
-from psapose.models.complexity import count_parameters, paper_convention_macs  # noqa: E402
+from psapose.cli import check_overrides, error_contract, log_into_output_dir
+from psapose.config import CONFIG_DIR, input_size
+from psapose.data.builder import ensure_generated
+from psapose.engine.trainer import Trainer
+from psapose.evaluation import format_table
+from psapose.models import attention_blocks
+from psapose.models.complexity import count_parameters, paper_convention_macs
 
 log = logging.getLogger("quickstart")
 START = time.perf_counter()

@@ -30,27 +30,23 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from psapose.threads import prefer_passive_waiting
-
-prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
-
-from psapose.checkpoint import load_pose_checkpoint  # noqa: E402
-from psapose.cli import check_overrides, error_contract, exit_on_signals, log_into_output_dir  # noqa: E402
-from psapose.config import CONFIG_DIR, ConfigError, build_model  # noqa: E402
-from psapose.data.builder import build_dataset  # noqa: E402
-from psapose.engine.distributed import cleanup, setup_distributed  # noqa: E402
-from psapose.engine.dry_run import dry_run  # noqa: E402
-from psapose.engine.inference import evaluate_predictions, pixel_stats, predict  # noqa: E402
-from psapose.engine.progress import Progress  # noqa: E402
-from psapose.evaluation import (  # noqa: E402
+from psapose.checkpoint import load_pose_checkpoint
+from psapose.cli import check_overrides, error_contract, exit_on_signals, log_into_output_dir
+from psapose.config import CONFIG_DIR, ConfigError, build_model
+from psapose.data.builder import build_dataset
+from psapose.engine.distributed import cleanup, setup_distributed
+from psapose.engine.dry_run import dry_run
+from psapose.engine.inference import evaluate_predictions, pixel_stats, predict
+from psapose.engine.progress import Progress
+from psapose.evaluation import (
     format_pixel_table,
     format_table,
     write_results,
     write_test_dev_results,
 )
-from psapose.run_folder import config_from_run, run_checkpoint  # noqa: E402
-from psapose.runtime import check_runtime, run_setup  # noqa: E402
-from psapose.threads import ThreadPolicy, resolve_workers  # noqa: E402
+from psapose.run_folder import config_from_run, run_checkpoint
+from psapose.runtime import check_runtime, run_setup
+from psapose.threads import ThreadPolicy, resolve_workers
 
 log = logging.getLogger("test")
 

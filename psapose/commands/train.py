@@ -32,16 +32,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from psapose.threads import prefer_passive_waiting
-
-prefer_passive_waiting()  # OpenMP threads sleep while they wait; set before torch starts
-
-from psapose.cli import check_overrides, error_contract, log_into_output_dir  # noqa: E402
-from psapose.config import CONFIG_DIR  # noqa: E402
-from psapose.engine.distributed import cleanup  # noqa: E402
-from psapose.engine.dry_run import dry_run  # noqa: E402
-from psapose.engine.trainer import Trainer  # noqa: E402
-from psapose.evaluation import format_table  # noqa: E402
+from psapose.cli import check_overrides, error_contract, log_into_output_dir
+from psapose.config import CONFIG_DIR
+from psapose.engine.distributed import cleanup
+from psapose.engine.dry_run import dry_run
+from psapose.engine.trainer import Trainer
+from psapose.evaluation import format_table
 
 log = logging.getLogger("train")
 
