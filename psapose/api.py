@@ -49,6 +49,7 @@ from psapose.data.transforms import (
 from psapose.engine.inference import predict_heatmaps
 from psapose.evaluation.coco_eval import rescore
 from psapose.runtime import (
+    ESTIMATOR_OPTIONS,
     codec_from_inference_config,
     resolve_device,
     run_setup,
@@ -58,15 +59,6 @@ from psapose.runtime import (
 __all__ = ["IMAGE_SUFFIXES", "PoseEstimator", "Poses", "as_boxes", "image_paths", "resolve_device"]
 
 ImageLike = str | os.PathLike | np.ndarray
-# The PoseEstimator arguments an inference config carries besides model, codec, spec and size.
-_ESTIMATOR_OPTIONS = (
-    "color",
-    "flip_test",
-    "batch_size",
-    "precision",
-    "channels_last",
-    "box_padding",
-)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -246,7 +238,7 @@ class PoseEstimator:
             raise ConfigError(f"{source}: inference config: input_size must be [height, width]")
         codec = codec_from_inference_config(inference, source)
         spec = spec_from_inference_config(inference, source)
-        options = {k: inference[k] for k in _ESTIMATOR_OPTIONS if k in inference}
+        options = {k: inference[k] for k in ESTIMATOR_OPTIONS if k in inference}
         return cls(model, codec, spec, tuple(size), **{**options, **kwargs})
 
     @classmethod

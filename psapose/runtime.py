@@ -34,6 +34,7 @@ from psapose.data.builder import build_keypoint_spec
 from psapose.data.keypoint_spec import KeypointSpec, KeypointSpecError
 
 __all__ = [
+    "ESTIMATOR_OPTIONS",
     "INFERENCE_CONFIG_VERSION",
     "RunSetup",
     "check_runtime",
@@ -46,6 +47,16 @@ __all__ = [
 ]
 
 INFERENCE_CONFIG_VERSION = 1
+# The PoseEstimator keyword arguments a run implies (and an inference config carries), each
+# a RunSetup field of the same name.
+ESTIMATOR_OPTIONS = (
+    "color",
+    "flip_test",
+    "batch_size",
+    "precision",
+    "channels_last",
+    "box_padding",
+)
 
 
 # ----------------------------------------------------------------------------- device
@@ -104,18 +115,11 @@ class RunSetup:
     precision: str
     channels_last: bool
     flip_test: bool
-    eval_batch_size: int
+    batch_size: int  # evaluation and inference
 
     def estimator_options(self) -> dict[str, Any]:
         """The :class:`~psapose.api.PoseEstimator` keyword arguments this run implies."""
-        return {
-            "color": self.color,
-            "flip_test": self.flip_test,
-            "batch_size": self.eval_batch_size,
-            "precision": self.precision,
-            "channels_last": self.channels_last,
-            "box_padding": self.box_padding,
-        }
+        return {name: getattr(self, name) for name in ESTIMATOR_OPTIONS}
 
     def inference_config(self) -> dict[str, Any]:
         """What inference needs besides the weights, as plain data (stored in every checkpoint).
@@ -152,7 +156,7 @@ def run_setup(cfg: DictConfig) -> RunSetup:
         precision=str(cfg.precision),
         channels_last=bool(cfg.channels_last),
         flip_test=bool(cfg.eval.flip_test),
-        eval_batch_size=int(cfg.eval.batch_size),
+        batch_size=int(cfg.eval.batch_size),
     )
 
 
