@@ -281,6 +281,17 @@ def test_benchmark_model_smoke(capsys: pytest.CaptureFixture[str]) -> None:
         assert row["train_psa_share"] > 0
         assert 0 < row["infer_psa_forward_ms"] < row["infer_ms_best"]
         assert row["infer_psa_backward_ms"] == 0  # no backward in inference
+        # The same time by the blocks' input shape: the quick-start backbone's PSA blocks
+        # on 64x64 inputs, their count and forward/backward times adding up to the totals.
+        shapes = row["train_psa_by_shape"]
+        assert all(len(s["shape"]) == 3 and s["blocks"] >= 1 for s in shapes)
+        quickstart = build("quickstart", "psa_parallel").modules()
+        assert sum(s["blocks"] for s in shapes) == sum(
+            isinstance(m, PolarizedSelfAttention) for m in quickstart
+        )
+        assert abs(sum(s["forward_ms"] for s in shapes) - row["train_psa_forward_ms"]) < 0.05
+        assert abs(sum(s["backward_ms"] for s in shapes) - row["train_psa_backward_ms"]) < 0.05
+        assert all(s["backward_ms"] == 0 for s in row["infer_psa_by_shape"])
 
 
 def test_benchmark_model_memory(capsys: pytest.CaptureFixture[str]) -> None:

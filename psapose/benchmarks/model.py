@@ -18,7 +18,9 @@ shows the best repeat (and the median beside it); ratios are step times
 divided by ``none``'s, of the same backbone and size, in the same run.
 ``--psa-time`` also times the PSA blocks inside each step (forward and
 backward) and gives that time as a share of ``none``'s step: PSA's own part of
-the ratio, steadier than the ratio on a busy machine.
+the ratio, steadier than the ratio on a busy machine; and the same time split
+by the blocks' input shape (``C x H x W``, with the number of blocks of each),
+to show where it goes.
 
 Peak memory: the growth over the built model (parameters, inputs) during
 the model's first step, in a fresh state: for training that is activations,
@@ -266,6 +268,9 @@ class PSATimer:
     def __init__(self, model: nn.Module, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.forward = self.backward = 0.0
+        # By the blocks' input shape (C, H, W): [forward s, backward s], and which blocks.
+        self.by_shape: dict[tuple[int, ...], list[float]] = {}
+        self.blocks: dict[tuple[int, ...], set[int]] = {}
         self.handles = []
         for module in model.modules():
             if isinstance(module, PolarizedSelfAttention):
@@ -285,16 +290,36 @@ class PSATimer:
 
     def _post(self, starts: list[float]) -> Callable:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            self.forward += self._now(out) - starts.pop()
+            seconds = self._now(out) - starts.pop()
+            self.forward += seconds
+            shape = tuple(args[0].shape[1:])
+            self.blocks.setdefault(shape, set()).add(id(module))
+            self.by_shape.setdefault(shape, [0.0, 0.0])[0] += seconds
             if out.requires_grad and args[0].requires_grad:
                 backward_start: list[float] = []
                 out.register_hook(lambda grad: backward_start.append(self._now(grad)))
-                args[0].register_hook(lambda grad: self._backward_done(grad, backward_start))
+                args[0].register_hook(lambda grad: self._backward_done(grad, backward_start, shape))
 
         return hook
 
-    def _backward_done(self, grad: torch.Tensor, backward_start: list[float]) -> None:
-        self.backward += self._now(grad) - backward_start.pop()
+    def _backward_done(
+        self, grad: torch.Tensor, backward_start: list[float], shape: tuple[int, ...]
+    ) -> None:
+        seconds = self._now(grad) - backward_start.pop()
+        self.backward += seconds
+        self.by_shape[shape][1] += seconds
+
+    def shapes(self, steps: int) -> list[dict[str, object]]:
+        """Per step, the PSA time of each input shape (``C x H x W``), largest first."""
+        rows = []
+        for shape, (forward, backward) in self.by_shape.items():
+            rows.append({
+                "shape": list(shape),
+                "blocks": len(self.blocks[shape]),
+                "forward_ms": round(forward / steps * 1e3, 2),
+                "backward_ms": round(backward / steps * 1e3, 2),
+            })  # fmt: skip
+        return sorted(rows, key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -306,7 +331,8 @@ def time_group(
 ) -> dict[str, dict[Config, list]]:
     """Seconds per step of each configuration, per round, interleaved round-robin,
     by clock: ``wall`` (elapsed) and ``cpu`` (this process's CPU time, all threads);
-    with ``--psa-time`` also ``psa``: (forward, backward) seconds in PSA blocks per step."""
+    with ``--psa-time`` also ``psa``: (forward, backward) seconds in PSA blocks per step,
+    and ``psa_shapes``: that time by the blocks' input shape, per round."""
     device = next(iter(runners.values())).device
 
     def step(config: Config) -> Callable[[], None]:
@@ -321,6 +347,7 @@ def time_group(
     times: dict[Config, list[float]] = {c: [] for c in group}
     cpu_times: dict[Config, list[float]] = {c: [] for c in group}
     psa_times: dict[Config, list[tuple[float, float]]] = {c: [] for c in group if c.psa}
+    psa_shapes: dict[Config, list[list[dict]]] = {c: [] for c in group if c.psa}
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for round_index in range(args.repeats):
         # Rotate the order too, so no configuration always follows the same one.
@@ -339,6 +366,7 @@ def time_group(
             if timer is not None:
                 timer.remove()
                 psa_times[config].append((timer.forward / args.steps, timer.backward / args.steps))
+                psa_shapes[config].append(timer.shapes(args.steps))
         if args.progress:
             done = ", ".join(f"{c.label} {times[c][-1] * 1e3:.0f} ms" for c in group)
             print(
@@ -348,7 +376,7 @@ def time_group(
                 flush=True,
             )
     if args.psa_time:
-        return {"wall": times, "cpu": cpu_times, "psa": psa_times}
+        return {"wall": times, "cpu": cpu_times, "psa": psa_times, "psa_shapes": psa_shapes}
     return {"wall": times, "cpu": cpu_times}
 
 
@@ -494,8 +522,10 @@ def bench_model(args: argparse.Namespace) -> dict:
                 for mode, by_clock in timings.items():
                     psa_times = by_clock.get("psa", {}).get(config)
                     if psa_times:
-                        # The round with the least PSA time, and its split.
-                        forward, backward = min(psa_times, key=sum)
+                        # The round with the least PSA time, its split and its shapes.
+                        best_round = min(range(len(psa_times)), key=lambda i: sum(psa_times[i]))
+                        forward, backward = psa_times[best_round]
+                        row[f"{mode}_psa_by_shape"] = by_clock["psa_shapes"][config][best_round]
                         row[f"{mode}_psa_ms_best"] = round((forward + backward) * 1e3, 2)
                         row[f"{mode}_psa_forward_ms"] = round(forward * 1e3, 2)
                         row[f"{mode}_psa_backward_ms"] = round(backward * 1e3, 2)
@@ -505,7 +535,7 @@ def bench_model(args: argparse.Namespace) -> dict:
                             base = min(by_clock[args.clock][baseline[0]])
                             row[f"{mode}_psa_share"] = round((forward + backward) / base, 3)
                     for clock, times in by_clock.items():
-                        if clock == "psa":
+                        if clock in ("psa", "psa_shapes"):
                             continue
                         # The chosen clock's figures carry plain names, the other's its name.
                         prefix = mode if clock == args.clock else f"{mode}_{clock}"
@@ -602,10 +632,31 @@ def print_model(result: dict) -> None:
             "share: that time / none's step time, PSA's own part of the ratio (the rest is "
             "the optimizer's extra parameters and PSA's effect on the other layers)."
         )
+        _print_psa_shapes(result, psa_modes)
     print(
         f"load average {result['load_average_before']} before, {result['load_average_after']} after; "
         f"{result['elapsed_s']} s"
     )
+
+
+def _print_psa_shapes(result: dict, modes: list[str]) -> None:
+    """The PSA time of each row by the blocks' input shape (the best round's)."""
+    print(
+        "PSA ms by block input shape (C x H x W), per step: forward + backward = total (per block)"
+    )
+    for r in result["rows"]:
+        for mode in modes:
+            shapes = r.get(f"{mode}_psa_by_shape")
+            if not shapes:
+                continue
+            print(f"  {r['backbone']} {r['attention']} ({r['psa']}) {mode}:")
+            for s in shapes:
+                total = s["forward_ms"] + s["backward_ms"]
+                print(
+                    f"    {'x'.join(map(str, s['shape'])):>12} x{s['blocks']:<3} "
+                    f"{s['forward_ms']:8.1f} + {s['backward_ms']:8.1f} = {total:8.1f} "
+                    f"({total / s['blocks']:.2f})"
+                )
 
 
 if __name__ == "__main__":
