@@ -267,7 +267,6 @@ class PSATimer:
 
     def __init__(self, model: nn.Module, clock: Callable[[], float]) -> None:
         self.clock = clock
-        self.forward = self.backward = 0.0
         # By the blocks' input shape (C, H, W): [forward s, backward s], and which blocks.
         self.by_shape: dict[tuple[int, ...], list[float]] = {}
         self.blocks: dict[tuple[int, ...], set[int]] = {}
@@ -290,11 +289,9 @@ class PSATimer:
 
     def _post(self, starts: list[float]) -> Callable:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            seconds = self._now(out) - starts.pop()
-            self.forward += seconds
             shape = tuple(args[0].shape[1:])
             self.blocks.setdefault(shape, set()).add(id(module))
-            self.by_shape.setdefault(shape, [0.0, 0.0])[0] += seconds
+            self.by_shape.setdefault(shape, [0.0, 0.0])[0] += self._now(out) - starts.pop()
             if out.requires_grad and args[0].requires_grad:
                 backward_start: list[float] = []
                 out.register_hook(lambda grad: backward_start.append(self._now(grad)))
@@ -305,9 +302,17 @@ class PSATimer:
     def _backward_done(
         self, grad: torch.Tensor, backward_start: list[float], shape: tuple[int, ...]
     ) -> None:
-        seconds = self._now(grad) - backward_start.pop()
-        self.backward += seconds
-        self.by_shape[shape][1] += seconds
+        self.by_shape[shape][1] += self._now(grad) - backward_start.pop()
+
+    @property
+    def forward(self) -> float:
+        """Seconds in the PSA blocks' forward, all shapes."""
+        return sum(forward for forward, _ in self.by_shape.values())
+
+    @property
+    def backward(self) -> float:
+        """Seconds in the PSA blocks' backward, all shapes."""
+        return sum(backward for _, backward in self.by_shape.values())
 
     def shapes(self, steps: int) -> list[dict[str, object]]:
         """Per step, the PSA time of each input shape (``C x H x W``), largest first."""
